@@ -1,0 +1,135 @@
+"""The algorithm contract (DESIGN §3): ``init(problem, x, y) -> State`` and
+``step(problem, state) -> State``, as benchopt's stochastic solvers (``init`` + ``get_step``).
+
+Algorithms use only the :class:`~bilevel.problem.Problem` (oracles and fresh batches) and the
+shared parts (estimators, lower strategies, upper rules); never data loading, devices, logging
+or checkpoints. Everything they carry between iterations is in :class:`State`, which the trainer
+checkpoints with :func:`state_dict` / :func:`load_state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bilevel import tree
+from bilevel.hypergrad import Estimator, Hypergrad
+from bilevel.lower import LowerStrategy
+from bilevel.problem import Problem
+from bilevel.tree import Params
+
+UpperFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+@dataclass
+class State:
+    """Iterates and everything an algorithm carries: x, y, iteration t, optimizer, and the
+    estimator's and lower strategy's own dicts; ``hypergrad`` is the last estimate (diagnostics)."""
+
+    x: Params
+    y: Params
+    t: int = 0
+    upper: torch.optim.Optimizer | None = None
+    estimator: dict[str, Any] = field(default_factory=dict)
+    lower: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    hypergrad: Hypergrad | None = None
+
+
+class Algorithm:
+    """Base class. ``lower_point`` is the y at which the algorithm's hypergradient is taken."""
+
+    def init(self, problem: Problem, x: Params, y: Params) -> State:
+        raise NotImplementedError
+
+    def step(self, problem: Problem, state: State) -> State:
+        raise NotImplementedError
+
+    def lower_point(self, state: State) -> Params:
+        return state.y
+
+
+class LowerEstimateUpper(Algorithm):
+    """The common shape of double-loop and periodic methods (StocBiO, BO-REP, UniBiO):
+
+        y ← lower update at x_t (all steps, or periodic);
+        h_t ← hypergradient estimate at (x_t, y);
+        x_{t+1} ← upper rule(h_t).
+
+    ``lower``, ``estimator`` and ``upper`` are the parts; subclasses only name the paper.
+    """
+
+    def __init__(self, lower: LowerStrategy, estimator: Estimator, upper: UpperFactory):
+        self.lower, self.estimator, self.upper = lower, estimator, upper
+
+    def init(self, problem: Problem, x: Params, y: Params) -> State:
+        state = State(
+            x=x,
+            y=y,
+            upper=self.upper(list(x.values())),
+            estimator=self.estimator.init_state(x, y),
+            lower=self.lower.init_state(y),
+        )
+        self.lower.warm_start(problem, x, y, state.lower)
+        return state
+
+    def step(self, problem: Problem, state: State) -> State:
+        from bilevel.upper import apply
+
+        self.lower.update(problem, state.x, state.y, state.lower, state.t)
+        y_hat = self.lower.point(state.y, state.lower)
+        state.hypergrad = self.estimator(problem, state.x, y_hat, state.estimator)
+        apply(state.upper, state.x, state.hypergrad.value)
+        state.t += 1
+        return state
+
+    def lower_point(self, state: State) -> Params:
+        return self.lower.point(state.y, state.lower)
+
+
+# -- checkpointing of State ----------------------------------------------------------------
+def state_dict(obj: Any) -> Any:
+    """A torch-serialisable copy of a State (tensors cloned, optimizers by their state_dict)."""
+    if isinstance(obj, State):
+        return {k: state_dict(v) for k, v in obj.__dict__.items() if k != "hypergrad"}
+    if isinstance(obj, torch.optim.Optimizer):
+        return obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: state_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(state_dict(v) for v in obj)
+    return obj
+
+
+def load_state_dict(target: Any, saved: Any) -> Any:
+    """Load ``saved`` into ``target`` in place where possible (tensors, optimizers); return the
+    value to store for immutable leaves."""
+    if isinstance(target, State):
+        for k, v in saved.items():
+            setattr(target, k, load_state_dict(getattr(target, k), v))
+        return target
+    if isinstance(target, torch.optim.Optimizer):
+        target.load_state_dict(saved)
+        return target
+    if isinstance(target, torch.Tensor) and isinstance(saved, torch.Tensor):
+        if target.shape == saved.shape:
+            with torch.no_grad():
+                target.copy_(saved)
+            return target
+        return saved.to(target.device)
+    if isinstance(target, dict) and isinstance(saved, dict):
+        for k, v in saved.items():
+            target[k] = load_state_dict(target[k], v) if k in target else v
+        return target
+    return saved
+
+
+def params_finite(state: State) -> bool:
+    """Whether x and y are finite (one host sync; called at evaluation time only)."""
+    total = tree.sq_norm(state.x) + tree.sq_norm(state.y)
+    return bool(torch.isfinite(total))

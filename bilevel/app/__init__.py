@@ -1,0 +1,1 @@
+"""Command-line layer: the only code that imports Hydra (DESIGN §2)."""

@@ -1,0 +1,175 @@
+"""Config tree location, composition, and validation with one-line errors.
+
+Hydra's struct mode rejects unknown keys at compose time; the schemas registered in
+:mod:`bilevel.app.schema` type-check the fixed sections (trainer, paths, scale, ...). Component
+nodes (``_target_`` + arguments: algorithms, estimators, lower strategies, optimizers, tasks)
+are checked against the signature of the class they name, which is their schema: an unknown
+argument or a value outside a ``Literal`` fails before anything runs, listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; its message is one line naming the key."""
+
+
+def config_dir() -> Path:
+    path = PACKAGE_ROOT / "configs"
+    if not path.is_dir():
+        raise ConfigError(
+            f"config tree not found at {path}; install the project with "
+            "'pip install -e .' from a checkout"
+        )
+    return path
+
+
+def _locate(target: str) -> Any:
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"_target_ {target!r} cannot be imported ({err})") from None
+
+
+def _signature_params(obj: Any) -> dict[str, inspect.Parameter] | None:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    params = dict(sig.parameters)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None  # accepts anything
+    return {k: p for k, p in params.items() if p.kind != p.VAR_POSITIONAL}
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:
+        return {}
+
+
+def check_node(node: Any, path: str = "") -> None:
+    """Recursively check every ``_target_`` node against its class signature."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            check_node(item, f"{path}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        return
+    target = node.get("_target_") if "_target_" in node else None
+    if target is not None:
+        obj = _locate(str(target))
+        params = _signature_params(obj)
+        hints = _hints(obj)
+        if params is not None:
+            for key in node:
+                if str(key).startswith("_") and str(key).endswith("_"):
+                    continue
+                if key not in params:
+                    valid = ", ".join(k for k in params if k != "self")
+                    raise ConfigError(
+                        f"{path}.{key}: unknown key for {target} (valid keys: {valid})"
+                    )
+        for key, hint in hints.items():
+            if key in node and typing.get_origin(hint) is typing.Literal:
+                value = OmegaConf.select(node, str(key))
+                if value not in typing.get_args(hint):
+                    choices = ", ".join(map(str, typing.get_args(hint)))
+                    raise ConfigError(f"{path}.{key}={value}: not one of {choices}")
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        check_node(node._get_node(key), f"{path}.{key}" if path else str(key))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Resolve every interpolation and check every component node; raise ConfigError."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as err:
+        raise ConfigError(_one_line(err)) from None
+    for section in ("algorithm", "task"):
+        if section in cfg:
+            check_node(cfg[section], section)
+    if "logger" in cfg:
+        check_node(cfg.logger, "logger")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    msg = text[0] if text else type(err).__name__
+    full_key = next((ln.split(":", 1)[1].strip() for ln in text if "full_key:" in ln), None)
+    return f"{full_key}: {msg}" if full_key and full_key not in msg else msg
+
+
+def compose(
+    overrides: list[str], config_name: str = "config", return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose the config tree with ``overrides`` (compose API), raising ConfigError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            return hydra_compose(
+                config_name=config_name,
+                overrides=overrides,
+                return_hydra_config=return_hydra_config,
+            )
+        except Exception as err:
+            raise ConfigError(explain_compose_error(err, overrides)) from None
+
+
+def explain_compose_error(err: BaseException, overrides: list[str]) -> str:
+    """Turn Hydra's multi-line composition errors into one line with the valid choices."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException):
+        opts = getattr(err, "options", None)
+        group = err.missing_cfg_file or ""
+        text = str(err).splitlines()[0]
+        if opts:
+            name = group.rsplit("/", 1)
+            return (
+                f"{group}: no such option"
+                if len(name) < 2
+                else f"{name[0]}={name[1]}: no such option"
+            ) + f"; choose from {', '.join(opts)}"
+        return text
+    text = str(err)
+    if "Could not override" in text or "not in struct" in text:
+        key = text.split("'")[1] if "'" in text else "?"
+        return f"{key}: no such key{_valid_keys_hint(key, overrides)}"
+    if "Could not find" in text and "Available options" in text:
+        first = text.splitlines()[0]
+        opts = [ln.strip() for ln in text.splitlines()[2:] if ln.strip()]
+        return f"{first}; choose from {', '.join(opts)}"
+    return _one_line(err)
+
+
+def _valid_keys_hint(key: str, overrides: list[str]) -> str:
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    rest = [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith(key)]
+    try:
+        base = compose(rest)
+    except ConfigError:
+        return ""
+    node = OmegaConf.select(base, parent) if parent else base
+    if isinstance(node, DictConfig):
+        keys = ", ".join(str(k) for k in node if not str(k).startswith("_"))
+        return f"; valid keys under '{parent or '<root>'}': {keys}"
+    return ""

@@ -1,0 +1,155 @@
+"""``bilevel-run``: the Hydra app. One job = one (algorithm, task, seed) run into its own
+directory: config.yaml, metrics.csv, run.json (see bilevel.trainer)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bilevel.app.config import ConfigError, check_config, compose, config_dir
+from bilevel.app.schema import register
+
+register()
+
+
+def build_and_run(cfg: DictConfig, run_dir: Path, progress: bool | None = None):
+    """Instantiate the task, algorithm and loggers of ``cfg`` and train into ``run_dir``."""
+    from hydra.utils import instantiate
+
+    from bilevel.trainer import Trainer
+
+    check_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    task = instantiate(cfg.task)
+    algorithm = instantiate(cfg.algorithm)
+    loggers = []
+    if cfg.logger is not None and cfg.logger.get("_target_"):
+        loggers.append(instantiate(cfg.logger))
+    tr = cfg.trainer
+    max_steps = tr.max_steps or math.ceil(tr.epochs * task.steps_per_epoch)
+    every_epoch = task.steps_per_epoch
+    checkpoint_every = every_epoch if tr.checkpoint_every is None else tr.checkpoint_every
+    trainer = Trainer(
+        task,
+        algorithm,
+        run_dir,
+        max_steps=max_steps,
+        eval_every=tr.eval_every or every_epoch,
+        checkpoint_every=checkpoint_every or None,
+        seed=cfg.seed,
+        device=tr.device,
+        loggers=loggers,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        resume=cfg.resume,
+        progress=tr.progress if progress is None else progress,
+    )
+    return trainer.fit()
+
+
+def _main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = build_and_run(cfg, run_dir)
+    last: dict[str, Any] = result.rows[-1] if result.rows else {}
+    summary = ", ".join(
+        f"{k}={last[k]:.4g}"
+        for k in ("true_hypergrad_norm", "upper_loss")
+        if isinstance(last.get(k), float)
+    )
+    print(
+        f"[{result.status}] {run_dir} steps={last.get('step')} "
+        f"train_s={result.train_seconds:.2f} {summary}"
+    )
+    value = last.get("true_hypergrad_norm", last.get("upper_loss"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _overrides_of(argv: list[str]) -> tuple[list[str], bool] | None:
+    """The config overrides of a command line and whether it is a multirun; None if the
+    command is informational (--help, --cfg, ...) and needs no validation."""
+    overrides, multirun = [], False
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in (
+            "-h",
+            "--help",
+            "--hydra-help",
+            "--info",
+            "-i",
+            "--version",
+            "-c",
+            "--cfg",
+            "--shell-completion",
+            "-sc",
+            "--resolve",
+        ):
+            return None
+        elif arg in (
+            "-cn",
+            "--config-name",
+            "-cp",
+            "--config-path",
+            "-cd",
+            "--config-dir",
+            "--experimental-rerun",
+            "-p",
+            "--package",
+        ):
+            skip_next = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun
+
+
+def validate_command_line(argv: list[str]) -> None:
+    """Compose every job of the command line before Hydra runs any; raise ConfigError."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = _overrides_of(argv)
+    if parsed is None:
+        return
+    overrides, multirun = parsed
+    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        parsed_ovr = OverridesParser.create().parse_overrides(user)
+    except Exception as err:
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
+    if multirun:
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed_ovr, None) for job in batch]
+    else:
+        if any(o.is_sweep_override() for o in parsed_ovr):
+            raise ConfigError("a sweep (a,b or range(...)) needs -m/--multirun")
+        jobs = [user]
+    for job in jobs:
+        check_config(compose(list(job)))
+
+
+def cli() -> None:
+    """Entry point of ``bilevel-run``."""
+    import hydra
+
+    try:
+        validate_command_line(sys.argv[1:])
+    except ConfigError as err:
+        print(f"bilevel-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
+        _main
+    )
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,32 @@
+"""What an algorithm sees of a run: the task's oracles and its samplers, one RNG for everything.
+
+The trainer builds a :class:`Problem` and checkpoints its generator, so that a resumed run draws
+the same batches and random truncation indices as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bilevel.oracles import Batch, OracleCounter, Oracles
+
+
+class Problem:
+    def __init__(self, task: Any, generator: torch.Generator, counter: OracleCounter | None = None):
+        self.task = task
+        self.generator = generator
+        self.oracles = Oracles(task, counter)
+
+    def lower_batch(self) -> Batch:
+        """A fresh minibatch for g (the lower level)."""
+        return self.task.sample_lower(self.generator)
+
+    def upper_batch(self) -> Batch:
+        """A fresh minibatch for f (the upper level)."""
+        return self.task.sample_upper(self.generator)
+
+    def randint(self, low: int, high: int) -> int:
+        """Uniform integer in [low, high] from the run's CPU generator (no device sync)."""
+        return int(torch.randint(low, high + 1, (1,), generator=self.generator).item())

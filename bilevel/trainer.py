@@ -1,0 +1,347 @@
+"""The one training loop (DESIGN §3): device, seeds, steps and epochs, evaluation cadence,
+train-only wall clock, checkpoints, resume, divergence, and what is logged.
+
+Run directory contract: ``config.yaml`` (written by the caller), ``metrics.csv`` (one row per
+evaluation), ``run.json`` (status completed | diverged | failed | interrupted, seed, git
+revision, torch version, device, train seconds), ``checkpoint.pt`` (latest state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bilevel import tree
+from bilevel.algorithms.base import Algorithm, State, load_state_dict, params_finite, state_dict
+from bilevel.logging import CSVLogger, MetricsLogger
+from bilevel.oracles import OracleCounter
+from bilevel.problem import Problem
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_revision() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class RunResult:
+    status: str
+    rows: list[dict[str, Any]]
+    train_seconds: float
+    run_dir: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs ``algorithm`` on ``task`` for ``max_steps`` iterations.
+
+    Evaluation every ``eval_every`` steps (and at step 0 and the end) is excluded from the clock,
+    and so is a warm-up (one throwaway init + step on copies); the clock includes the
+    algorithm's initialization (its warm start costs oracle calls).
+    A checkpoint is written every ``checkpoint_every`` steps and when a stop is requested
+    (SIGINT/SIGTERM or :meth:`request_stop`); ``resume=True`` continues from it.
+    ``callbacks`` are called as ``cb(trainer, state)`` after every step.
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        algorithm: Algorithm,
+        run_dir: str | Path,
+        max_steps: int,
+        eval_every: int | None = None,
+        checkpoint_every: int | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        loggers: list[MetricsLogger] | None = None,
+        config: dict[str, Any] | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        callbacks: list[Callable[[Trainer, State], None]] | None = None,
+        warmup: bool = True,
+    ):
+        self.task, self.algorithm = task, algorithm
+        self.run_dir = Path(run_dir)
+        self.max_steps = int(max_steps)
+        self.eval_every = int(eval_every or task.steps_per_epoch)
+        self.checkpoint_every = checkpoint_every
+        self.seed, self.device = seed, resolve_device(device)
+        self.loggers = [CSVLogger(), *(loggers or [])]
+        self.config = config or {}
+        self.resume, self.progress = resume, progress
+        self.callbacks = callbacks or []
+        self.warmup = warmup
+        self._stop_requested = False
+
+    # -- public --------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop at the end of the current step, writing a checkpoint (resumable)."""
+        self._stop_requested = True
+
+    def fit(self) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(self.seed)
+        self.task.to(self.device)
+        counter = OracleCounter()
+        problem = Problem(self.task, torch.Generator().manual_seed(self.seed), counter)
+        init_gen = torch.Generator().manual_seed(self.seed + 10_000)
+        x, y = self.task.init_params(init_gen)
+
+        ckpt = self._load_checkpoint() if self.resume else None
+        self._write_info("running", 0.0, 0)
+        if self.warmup:
+            self._warmup(x, y)
+        wall = 0.0
+        t0 = self._clock()
+        state = self.algorithm.init(problem, x, y)
+        wall += self._clock() - t0
+        rows: list[dict[str, Any]] = []
+        if ckpt is not None:
+            state = load_state_dict(state, ckpt["state"])
+            problem.generator.set_state(ckpt["generator"])
+            counter.load_state_dict(ckpt["counter"])
+            wall, rows = ckpt["wall_s"], ckpt["rows"]
+            _restore_global_rng(ckpt["rng"])
+        for lg in self.loggers:
+            lg.start(self.run_dir, self.config, rows)
+
+        status = "completed"
+        previous = _install_signal_handlers(self.request_stop)
+        bar = _progress_bar(self.max_steps, state.t, self.progress)
+        try:
+            if not rows:
+                status = self._evaluate(state, counter, wall, rows) or status
+            while state.t < self.max_steps and status == "completed":
+                t0 = self._clock()
+                state = self.algorithm.step(problem, state)
+                wall += self._clock(sync=state.t % self.eval_every == 0) - t0
+                bar.update(1)
+                for cb in self.callbacks:
+                    cb(self, state)
+                if state.t % self.eval_every == 0 or state.t == self.max_steps:
+                    status = self._evaluate(state, counter, wall, rows) or status
+                    bar.set_postfix(_short(rows[-1]), refresh=False)
+                if self.checkpoint_every and state.t % self.checkpoint_every == 0:
+                    self._save_checkpoint(state, problem, counter, wall, rows)
+                if self._stop_requested and status == "completed":
+                    self._save_checkpoint(state, problem, counter, wall, rows)
+                    status = "interrupted"
+        except Exception as err:
+            status = "failed"
+            self._write_info(status, wall, state.t, counter, error=f"{type(err).__name__}: {err}")
+            for lg in self.loggers:
+                lg.finish(status)
+            raise
+        finally:
+            bar.close()
+            _restore_signal_handlers(previous)
+        self._write_info(status, wall, state.t, counter)
+        for lg in self.loggers:
+            lg.finish(status)
+        if status == "completed" and self.checkpoint_every:
+            self._save_checkpoint(state, problem, counter, wall, rows)
+        return RunResult(status, rows, wall, self.run_dir, {"state": state})
+
+    # -- internals -------------------------------------------------------------------------
+    def _warmup(self, x, y) -> None:
+        """One throwaway init + step on copies, outside the clock: first-call costs (kernel
+        selection, lazy initialisation, allocator growth) are not charged to the algorithm.
+        Training state, RNG streams and oracle counts are untouched."""
+        saved = _global_rng()
+        scratch = Problem(self.task, torch.Generator().manual_seed(self.seed + 20_000))
+        state = self.algorithm.init(scratch, tree.clone(x), tree.clone(y))
+        self.algorithm.step(scratch, state)
+        self._clock()
+        _restore_global_rng(saved)
+
+    def _clock(self, sync: bool = True) -> float:
+        if sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _evaluate(
+        self, state: State, counter: OracleCounter, wall: float, rows: list[dict[str, Any]]
+    ) -> str | None:
+        """Append one metrics row; return 'diverged' if the iterate is no longer finite."""
+        steps_per_epoch = self.task.steps_per_epoch
+        row: dict[str, Any] = {
+            "step": state.t,
+            "epoch": state.t / steps_per_epoch,
+            "wall_s": wall,
+            **counter.columns(),
+        }
+        hg = state.hypergrad
+        for key, value in (
+            ("hypergrad_norm", hg and hg.value),
+            ("grad_x_f_norm", hg and hg.grad_x_f),
+            ("second_order_norm", hg and hg.second_order),
+        ):
+            row[key] = float(tree.norm(value)) if value is not None else math.nan
+        finite = params_finite(state)
+        y_point = self.algorithm.lower_point(state)
+        if finite:
+            row.update(self.task.evaluate(state.x, y_point))
+        if finite and self.task.has_closed_form:
+            with torch.no_grad():
+                row["true_hypergrad_norm"] = float(tree.norm(self.task.hypergrad_true(state.x)))
+                row["lower_error"] = float(tree.norm(tree.sub(y_point, self.task.y_star(state.x))))
+                row["phi"] = float(self.task.phi(state.x))
+        rows.append(row)
+        for lg in self.loggers:
+            lg.log(row)
+        upper = row.get("upper_loss", 0.0)
+        bad_estimate = hg is not None and not math.isfinite(row["hypergrad_norm"])
+        if not finite or not math.isfinite(upper) or bad_estimate:
+            return "diverged"
+        return None
+
+    def _save_checkpoint(self, state, problem, counter, wall, rows) -> None:
+        payload = {
+            "state": state_dict(state),
+            "generator": problem.generator.get_state(),
+            "counter": counter.state_dict(),
+            "wall_s": wall,
+            "rows": rows,
+            "rng": _global_rng(),
+        }
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:  # a truncated file from a killed process
+            raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+
+    def _write_info(
+        self,
+        status: str,
+        wall: float,
+        steps: int,
+        counter: OracleCounter | None = None,
+        error: str | None = None,
+    ) -> None:
+        info = {
+            "status": status,
+            "seed": self.seed,
+            "git_revision": git_revision(),
+            "torch_version": torch.__version__,
+            "device": str(self.device),
+            "train_seconds": wall,
+            "steps": steps,
+            "max_steps": self.max_steps,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        if counter is not None:
+            info["oracle_calls"] = counter.state_dict()
+        if error:
+            info["error"] = error
+        tmp = self.run_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "run.json")
+
+
+def _short(row: dict[str, Any]) -> dict[str, str]:
+    keys = ("true_hypergrad_norm", "hypergrad_norm", "upper_loss")
+    return {k: f"{row[k]:.3g}" for k in keys if k in row and not math.isnan(row[k])}
+
+
+def _global_rng() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _restore_global_rng(saved: dict[str, Any]) -> None:
+    random.setstate(saved["python"])
+    np.random.set_state(saved["numpy"])
+    torch.set_rng_state(saved["torch"].cpu())
+
+
+def _install_signal_handlers(stop: Callable[[], None]) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: stop after the current step with a checkpoint; second: abort."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum, frame):
+        stop()
+        signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (e.g. a joblib worker thread)
+        pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, h in previous.items():
+        signal.signal(sig, h)
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, *a: Any, **k: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)

@@ -122,6 +122,9 @@ def compose(
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from bilevel.app.schema import register
+
+    register()  # config.yaml's defaults name run_schema; compose must not depend on run.py
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
@@ -154,6 +157,10 @@ def explain_compose_error(err: BaseException, overrides: list[str]) -> str:
     if "Could not override" in text or "not in struct" in text:
         key = text.split("'")[1] if "'" in text else "?"
         return f"{key}: no such key{_valid_keys_hint(key, overrides)}"
+    if text.startswith("Error merging override") and err.__cause__ is not None:
+        override = text.removeprefix("Error merging override").strip()
+        reason = str(err.__cause__).strip().splitlines()
+        return f"{override}: {reason[0]}" if reason else text
     if "Could not find" in text and "Available options" in text:
         first = text.splitlines()[0]
         opts = [ln.strip() for ln in text.splitlines()[2:] if ln.strip()]

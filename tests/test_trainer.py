@@ -1,0 +1,202 @@
+"""The training loop: resume after an interruption or a crash is exact, resuming a finished run
+changes nothing, seeds decide the run, and evaluation is not charged to the clock."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bilevel.app.config import compose
+from bilevel.app.run import build_and_run
+from bilevel.trainer import CHECKPOINT, Trainer
+
+# StocBiO on a noisy quadratic: every step draws fresh samples, so a resume that loses or
+# replays an RNG stream, the oracle counters or the optimizer state changes the metrics.
+NOISY = [
+    "algorithm=stocbio",
+    "task=quadratic",
+    "task.noise_std=0.5",
+    "trainer.max_steps=60",
+    "trainer.eval_every=10",
+    "trainer.checkpoint_every=10",
+    "trainer.device=cpu",
+    "trainer.progress=false",
+]
+
+
+def read(run_dir: Path) -> tuple[pd.DataFrame, dict]:
+    df = pd.read_csv(run_dir / "metrics.csv")
+    info = json.loads((run_dir / "run.json").read_text())
+    return df, info
+
+
+def assert_same_run(df: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """Identical metrics except the clock."""
+    assert df["step"].is_unique, df["step"].tolist()
+    pd.testing.assert_frame_equal(
+        df.drop(columns="wall_s"), ref.drop(columns="wall_s"), check_exact=True
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Run A: uninterrupted, through build_and_run (what bilevel-run does)."""
+    cfg = compose(NOISY)
+    run_dir = tmp_path_factory.mktemp("run_a")
+    result = build_and_run(cfg, run_dir, progress=False)
+    assert result.status == "completed"
+    df, info = read(run_dir)
+    assert df["step"].tolist() == [0, 10, 20, 30, 40, 50, 60]
+    return cfg, run_dir, df, info
+
+
+def make_trainer(cfg, run_dir: Path, **kwargs) -> Trainer:
+    """A Trainer with fresh task and algorithm instances, set up as build_and_run does."""
+    tr = cfg.trainer
+    return Trainer(
+        instantiate(cfg.task),
+        instantiate(cfg.algorithm),
+        run_dir,
+        max_steps=tr.max_steps,
+        eval_every=tr.eval_every,
+        checkpoint_every=tr.checkpoint_every,
+        seed=cfg.seed,
+        device=tr.device,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        progress=False,
+        **kwargs,
+    )
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    return torch.load(run_dir / CHECKPOINT, weights_only=False)["state"]["t"]
+
+
+def test_interrupt_and_resume_is_exact(reference, tmp_path):
+    cfg, _, ref, _ = reference
+
+    def stop_at_25(trainer, state):
+        if state.t == 25:
+            trainer.request_stop()
+
+    first = make_trainer(cfg, tmp_path, callbacks=[stop_at_25]).fit()
+    assert first.status == "interrupted"
+    df, info = read(tmp_path)
+    assert info["status"] == "interrupted" and info["steps"] == 25
+    assert df["step"].tolist() == [0, 10, 20]
+    assert checkpoint_step(tmp_path) == 25  # the stop wrote a checkpoint at the current step
+
+    second = make_trainer(cfg, tmp_path, resume=True).fit()
+    assert second.status == "completed"
+    df, info = read(tmp_path)
+    assert info["status"] == "completed" and info["steps"] == 60
+    assert_same_run(df, ref)
+    assert df["wall_s"].is_monotonic_increasing
+    assert info["train_seconds"] == df["wall_s"].iloc[-1]
+
+
+def test_crash_and_resume_is_exact(reference, tmp_path):
+    cfg, _, ref, _ = reference
+
+    def crash_at_33(trainer, state):
+        if state.t == 33:
+            raise RuntimeError("boom at 33")
+
+    with pytest.raises(RuntimeError, match="boom at 33"):
+        make_trainer(cfg, tmp_path, callbacks=[crash_at_33]).fit()
+    df, info = read(tmp_path)
+    assert info["status"] == "failed"
+    assert "RuntimeError" in info["error"] and "boom at 33" in info["error"]
+    assert df["step"].tolist() == [0, 10, 20, 30]
+    assert checkpoint_step(tmp_path) == 30  # the last periodic checkpoint
+
+    result = make_trainer(cfg, tmp_path, resume=True).fit()
+    assert result.status == "completed"
+    df, info = read(tmp_path)
+    assert info["status"] == "completed" and "error" not in info
+    assert_same_run(df, ref)
+
+
+def test_resume_of_a_finished_run_through_the_cli_changes_nothing(reference, cli, tmp_path):
+    _, run_a, _, _ = reference
+    run_dir = tmp_path / "run"
+    build_and_run(compose(NOISY), run_dir, progress=False)
+    before = (run_dir / "metrics.csv").read_text()
+    info_before = json.loads((run_dir / "run.json").read_text())
+
+    proc = cli(*NOISY, f"hydra.run.dir={run_dir}", "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df, info = read(run_dir)
+    assert df["step"].is_unique
+    # byte-identical, wall clock included: nothing was re-run, nothing appended
+    assert (run_dir / "metrics.csv").read_text() == before
+    assert info["status"] == "completed"
+    assert info["train_seconds"] == info_before["train_seconds"]
+    assert info["steps"] == 60
+
+
+def test_same_seed_same_run_other_seed_other_run(reference, tmp_path):
+    cfg, _, ref, _ = reference
+    build_and_run(compose(NOISY), tmp_path / "again", progress=False)
+    assert_same_run(read(tmp_path / "again")[0], ref)
+
+    build_and_run(compose([*NOISY, "seed=1"]), tmp_path / "seed1", progress=False)
+    other, info = read(tmp_path / "seed1")
+    assert info["seed"] == 1
+    assert other["step"].tolist() == ref["step"].tolist()
+    assert not other["upper_loss"].equals(ref["upper_loss"])
+    assert not other["hypergrad_norm"].iloc[1:].equals(ref["hypergrad_norm"].iloc[1:])
+
+
+def test_noise_alone_changes_the_run(reference, tmp_path):
+    """Same seed, same init: only the sampling noise differs between noise levels."""
+    _, _, ref, _ = reference
+    build_and_run(compose([*NOISY, "task.noise_std=0.0"]), tmp_path, progress=False)
+    clean = read(tmp_path)[0]
+    assert clean["upper_loss"].iloc[0] == ref["upper_loss"].iloc[0]  # same x0, y0
+    assert not clean["upper_loss"].equals(ref["upper_loss"])
+
+
+def test_evaluation_is_excluded_from_the_clock(tmp_path):
+    cfg = compose([*NOISY, "trainer.max_steps=20", "trainer.eval_every=1"])
+    trainer = make_trainer(cfg, tmp_path)
+    pause, evaluate = 0.05, trainer.task.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(pause)
+        return evaluate(*args, **kwargs)
+
+    trainer.task.evaluate = slow_evaluate
+    start = time.perf_counter()
+    result = trainer.fit()
+    elapsed = time.perf_counter() - start
+    assert result.status == "completed"
+    df, info = read(tmp_path)
+    assert len(df) == 21
+    evaluation = pause * len(df)
+    assert elapsed >= evaluation  # the evaluations did happen...
+    wall = df["wall_s"]
+    assert wall.is_monotonic_increasing and wall.iloc[0] >= 0
+    assert wall.iloc[-1] < evaluation / 2, wall.tolist()  # ...but off the clock
+    assert info["train_seconds"] == wall.iloc[-1] == result.train_seconds
+    assert math.isfinite(info["train_seconds"]) and info["train_seconds"] > 0
+
+
+def test_build_and_run_writes_the_run_directory(tiny_cfg, run_cfg, tmp_path):
+    cfg = tiny_cfg("algorithm=soba", "seed=3")
+    result = run_cfg(cfg, tmp_path)
+    assert result.status == "completed" and result.run_dir == tmp_path
+    saved = OmegaConf.to_container(OmegaConf.load(tmp_path / "config.yaml"))
+    assert saved == OmegaConf.to_container(cfg, resolve=True)  # the resolved config
+    df, info = read(tmp_path)
+    assert (info["seed"], info["steps"], info["max_steps"]) == (3, 20, 20)
+    assert df["step"].iloc[-1] == 20 and result.rows[-1]["step"] == 20
+    assert (tmp_path / CHECKPOINT).exists()  # a completed run keeps its final checkpoint

@@ -80,8 +80,9 @@ def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
 
 
 def sq_norm(a: Mapping[str, Tensor]) -> Tensor:
-    norms = torch._foreach_norm(list(a.values()))
-    return torch.stack(norms).square().sum()
+    """Σ‖a_k‖², twice differentiable everywhere (a regulariser may use it: ``_foreach_norm``
+    has no second derivative at a zero tensor)."""
+    return torch.stack([v.square().sum() for v in a.values()]).sum()
 
 
 def norm(a: Mapping[str, Tensor]) -> Tensor:

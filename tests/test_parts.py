@@ -178,3 +178,10 @@ def test_upper_factory_partial_builds_optimizer():
     x = _params()
     factory = functools.partial(NormalizedSGD, lr=0.1)
     assert isinstance(factory(list(x.values())), torch.optim.Optimizer)
+
+
+def test_sq_norm_has_a_finite_hessian_at_zero():
+    y = {"w": torch.zeros(3, dtype=D, requires_grad=True), "b": torch.ones(2, dtype=D)}
+    (g,) = torch.autograd.grad(tree.sq_norm(y), [y["w"]], create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), [y["w"]])
+    torch.testing.assert_close(h, torch.full((3,), 2.0, dtype=D))

@@ -1,0 +1,152 @@
+"""Benchmark of the oracle layer: cost ratios measured in one run (not absolute times).
+
+For an LSTM sentence classifier and a small transformer encoder (y = model parameters,
+x = per-sample weights of the lower loss, as in hyper-cleaning) it times, relative to one
+gradient ∇ᵧg:
+  * one HVP, one cross product, and ``hvp_cross`` (both from one reverse pass) against an HVP
+    plus a cross product computed separately (each with its own forward pass);
+  * a Q-term Neumann series on one ``LowerGraph`` (one forward) against Q separate HVP calls
+    (one forward each), the straightforward implementation.
+
+    python scripts/bench_oracles.py [--repeats 20] [--out results/bench_oracles.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from bilevel import tree
+from bilevel.oracles import Batch, Oracles, second_order
+
+
+class WeightedTask:
+    """g = Σ_i σ(x_i)·CE_i / n over a batch; f = plain CE (a hyper-cleaning shape)."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
+        self.model, self.inputs, self.labels = model, inputs, labels
+
+    def _ce(self, y, reduction):
+        logits = functional_call(self.model, y, (self.inputs,))
+        return nn.functional.cross_entropy(logits, self.labels, reduction=reduction)
+
+    def lower_loss(self, x, y, batch):
+        return (torch.sigmoid(x["w"]) * self._ce(y, "none")).mean()
+
+    def upper_loss(self, x, y, batch):
+        return self._ce(y, "mean")
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.rnn = nn.LSTM(d, h, num_layers=2, batch_first=True)
+        self.head = nn.Linear(h, 2)
+
+    def forward(self, s):
+        out, _ = self.rnn(s)
+        return self.head(out.max(dim=1).values)
+
+
+class TransformerClassifier(nn.Module):
+    def __init__(self, d: int, layers: int):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, s):
+        return self.head(self.enc(s).mean(dim=1))
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench(name: str, model: nn.Module, n: int, seq: int, d: int, q: int, repeats: int):
+    gen = torch.Generator().manual_seed(0)
+    task = WeightedTask(model, torch.randn(n, seq, d, generator=gen), torch.randint(0, 2, (n,)))
+    oracles = Oracles(task)
+    y = tree.detach(dict(model.named_parameters()))
+    x = {"w": torch.zeros(n)}
+    v = {k: torch.randn_like(t) for k, t in y.items()}
+    batch = Batch(None, n)
+
+    def neumann_shared():
+        g = oracles.lower_graph(x, y, batch, with_x=False)
+        u = v
+        for _ in range(q):
+            u = tree.add(u, g.hvp(u), alpha=-0.01)
+
+    def neumann_naive():
+        u = v
+        for _ in range(q):
+            u = tree.add(u, oracles.hvp(x, y, u, batch), alpha=-0.01)
+
+    def grad():
+        with second_order("cpu"):
+            oracles.grad_y_g(x, y, batch)
+
+    times = {
+        "grad_y_g": timeit(grad, repeats),
+        "hvp": timeit(lambda: oracles.hvp(x, y, v, batch), repeats),
+        "cross": timeit(lambda: oracles.cross(x, y, v, batch), repeats),
+        "hvp_cross (one pass)": timeit(lambda: oracles.hvp_cross(x, y, v, batch), repeats),
+        "hvp + cross (separate)": timeit(
+            lambda: (oracles.hvp(x, y, v, batch), oracles.cross(x, y, v, batch)), repeats
+        ),
+        f"neumann Q={q}, one graph": timeit(neumann_shared, repeats),
+        f"neumann Q={q}, naive": timeit(neumann_naive, repeats),
+    }
+    base = times["grad_y_g"]
+    rows = [{"model": name, "what": k, "cost_in_gradients": t / base} for k, t in times.items()]
+    rows.append(
+        {
+            "model": name,
+            "what": "hvp_cross speed-up over separate",
+            "cost_in_gradients": times["hvp + cross (separate)"] / times["hvp_cross (one pass)"],
+        }
+    )
+    rows.append(
+        {
+            "model": name,
+            "what": "neumann speed-up, one graph over naive",
+            "cost_in_gradients": times[f"neumann Q={q}, naive"]
+            / times[f"neumann Q={q}, one graph"],
+        }
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--q", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = bench("lstm-2x64", LSTMClassifier(32, 64), 32, 20, 32, args.q, args.repeats)
+    rows += bench(
+        "transformer-2x64", TransformerClassifier(64, 2), 32, 20, 64, args.q, args.repeats
+    )
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False, float_format="%.3f")
+
+
+if __name__ == "__main__":
+    main()

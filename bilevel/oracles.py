@@ -87,14 +87,17 @@ def second_order(device: torch.device | str | None = None) -> Iterator[None]:
     The forward pass must run inside it too: kernels are chosen when the graph is recorded.
     """
     on_cuda = torch.device(device).type == "cuda" if device is not None else False
-    previous = torch.backends.cudnn.enabled
+    previous = torch.backends.cudnn.enabled, torch._C._get_mkldnn_enabled()
     try:
         if on_cuda:
             torch.backends.cudnn.enabled = False
+        else:
+            torch._C._set_mkldnn_enabled(False)  # fused CPU RNN: slow double backward
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        torch.backends.cudnn.enabled = previous
+        torch.backends.cudnn.enabled = previous[0]
+        torch._C._set_mkldnn_enabled(previous[1])
 
 
 def _grad(out: Tensor, inputs: Params, **kw: Any) -> Params:

@@ -5,6 +5,8 @@ x = per-sample weights of the lower loss, as in hyper-cleaning) it times, relati
 gradient ∇ᵧg:
   * one HVP, one cross product, and ``hvp_cross`` (both from one reverse pass) against an HVP
     plus a cross product computed separately (each with its own forward pass);
+  * an HVP with the fused (mkldnn) CPU kernels left on, against the oracle layer's, which turns
+    them off for the second-order call only;
   * a Q-term Neumann series on one ``LowerGraph`` (one forward) against Q separate HVP calls
     (one forward each), the straightforward implementation.
 
@@ -21,9 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bilevel import tree
-from bilevel.oracles import Batch, Oracles, second_order
+from bilevel.oracles import Batch, Oracles
 
 
 class WeightedTask:
@@ -93,13 +96,21 @@ def bench(name: str, model: nn.Module, n: int, seq: int, d: int, q: int, repeats
         for _ in range(q):
             u = tree.add(u, oracles.hvp(x, y, u, batch), alpha=-0.01)
 
-    def grad():
-        with second_order("cpu"):
-            oracles.grad_y_g(x, y, batch)
+    def grad():  # as the lower-level steps call it: fused kernels allowed
+        oracles.grad_y_g(x, y, batch)
+
+    def hvp_fused():  # an HVP with the fused (mkldnn) CPU RNN kernel left on
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            yl = tree.leaves(y)
+            g = torch.autograd.grad(
+                task.lower_loss(x, yl, batch), list(yl.values()), create_graph=True
+            )
+            torch.autograd.grad(g, list(yl.values()), [v[k] for k in yl])
 
     times = {
         "grad_y_g": timeit(grad, repeats),
         "hvp": timeit(lambda: oracles.hvp(x, y, v, batch), repeats),
+        "hvp, fused CPU kernels kept": timeit(hvp_fused, repeats),
         "cross": timeit(lambda: oracles.cross(x, y, v, batch), repeats),
         "hvp_cross (one pass)": timeit(lambda: oracles.hvp_cross(x, y, v, batch), repeats),
         "hvp + cross (separate)": timeit(

@@ -380,3 +380,13 @@ def test_second_order_restores_cudnn(initial):
         assert torch.backends.cudnn.enabled is initial
     finally:
         torch.backends.cudnn.enabled = saved
+
+
+def test_second_order_turns_mkldnn_off_on_cpu_and_restores_it():
+    before = torch._C._get_mkldnn_enabled()
+    with second_order("cpu"):
+        assert not torch._C._get_mkldnn_enabled()
+    assert torch._C._get_mkldnn_enabled() == before
+    with pytest.raises(RuntimeError), second_order("cpu"):
+        raise RuntimeError("boom")
+    assert torch._C._get_mkldnn_enabled() == before

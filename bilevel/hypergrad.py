@@ -70,6 +70,20 @@ class Estimator:
         return self.estimate(problem, x, y, state, self.draw(problem))
 
 
+class OneLowerBatch(Estimator):
+    """Estimators that work on one upper and one lower batch (CG, z-SGD, exact solve)."""
+
+    def draw(self, problem: Problem) -> Sample:
+        return Sample(problem.upper_batch(), [problem.lower_batch()])
+
+    def _start(self, problem, x, y, sample, graph) -> tuple[FGrad, LowerGraph, Sample]:
+        """∇f on the upper batch and ∇ᵧg's graph on the lower batch (reused if given)."""
+        sample = sample if sample is not None else self.draw(problem)
+        fg = problem.oracles.grad_f(x, y, sample.upper)
+        graph = graph or problem.oracles.lower_graph(x, y, sample.lower[0])
+        return fg, graph, sample
+
+
 NeumannVariant = Literal[
     "textbook", "randomized", "reference_sum", "reference_rand", "ns_a", "ns_b", "ns_c"
 ]
@@ -196,7 +210,7 @@ def _sum(terms: list[Params]) -> Params:
 
 
 @dataclass
-class ConjugateGradient(Estimator):
+class ConjugateGradient(OneLowerBatch):
     """s solves ∇²ᵧᵧg(B) s = ∇ᵧf by conjugate gradients on one lower batch (Pedregosa 2016, HOAG).
 
     Stops after ``iters`` iterations or when ‖residual‖ ≤ tol·‖∇ᵧf‖ (checked every iteration:
@@ -212,9 +226,7 @@ class ConjugateGradient(Estimator):
         return Sample(problem.upper_batch(), [problem.lower_batch()], cross)
 
     def estimate(self, problem, x, y, state, sample=None, graph=None) -> Hypergrad:
-        sample = sample if sample is not None else self.draw(problem)
-        fg = problem.oracles.grad_f(x, y, sample.upper)
-        graph = graph or problem.oracles.lower_graph(x, y, sample.lower[0])
+        fg, graph, sample = self._start(problem, x, y, sample, graph)
         b = fg.y
         s = tree.zeros_like(b)
         r = dict(b)
@@ -239,7 +251,7 @@ class ConjugateGradient(Estimator):
 
 
 @dataclass
-class ZSGD(Estimator):
+class ZSGD(OneLowerBatch):
     """Warm-started SGD on the linear system (SOBA, Dagréou et al. 2022, Eq. 7; MA-SOBA; BO-REP).
 
     z ← Proj_{‖z‖≤R}(z − ν(∇²ᵧᵧg·z − ∇ᵧf)),   h = ∇ₓf − ∇²ₓᵧg·z.
@@ -262,13 +274,8 @@ class ZSGD(Estimator):
         bound = (6.0 / (n + 1)) ** 0.5
         return {"z": {k: torch.empty_like(v).uniform_(-bound, bound) for k, v in y.items()}}
 
-    def draw(self, problem: Problem) -> Sample:
-        return Sample(problem.upper_batch(), [problem.lower_batch()])
-
     def estimate(self, problem, x, y, state, sample=None, graph=None) -> Hypergrad:
-        sample = sample if sample is not None else self.draw(problem)
-        fg = problem.oracles.grad_f(x, y, sample.upper)
-        graph = graph or problem.oracles.lower_graph(x, y, sample.lower[0])
+        fg, graph, _ = self._start(problem, x, y, sample, graph)
         z = state["z"]
         if self.z_for_cross == "old":
             hz, cross = graph.hvp_cross(z)
@@ -284,16 +291,11 @@ class ZSGD(Estimator):
 
 
 @dataclass
-class Exact(Estimator):
+class Exact(OneLowerBatch):
     """Dense solve s = H⁻¹∇ᵧf with H = ∇²ᵧᵧg(B) built column by column (small problems, tests)."""
 
-    def draw(self, problem: Problem) -> Sample:
-        return Sample(problem.upper_batch(), [problem.lower_batch()])
-
     def estimate(self, problem, x, y, state, sample=None, graph=None) -> Hypergrad:
-        sample = sample if sample is not None else self.draw(problem)
-        fg = problem.oracles.grad_f(x, y, sample.upper)
-        graph = graph or problem.oracles.lower_graph(x, y, sample.lower[0])
+        fg, graph, _ = self._start(problem, x, y, sample, graph)
         n = tree.numel(y)
         eye = torch.eye(n, dtype=next(iter(y.values())).dtype, device=next(iter(y.values())).device)
         cols = [tree.flatten(graph.hvp(tree.unflatten(eye[i], y))) for i in range(n)]

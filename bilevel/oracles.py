@@ -36,10 +36,14 @@ ORACLE_KINDS = ("grad_f", "grad_g", "hvp", "cross")
 
 @dataclass
 class Batch:
-    """A minibatch as the task defines it; ``size`` is what the oracle counter records."""
+    """A minibatch as the task defines it; ``size`` is what the oracle counter records.
+
+    ``index`` identifies a fixed minibatch of a finite sum (a task that partitions its samples
+    into fixed batches sets it), for methods that keep per-batch memory (SABA's SAGA tables)."""
 
     data: Any
     size: int
+    index: int | None = None
 
 
 class BilevelLosses(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,7 +40,10 @@ class State:
 
 
 class Algorithm:
-    """Base class. ``lower_point`` is the y at which the algorithm's hypergradient is taken."""
+    """Base class. ``name`` is the registry key (= configs/algorithm/<name>.yaml);
+    ``lower_point`` is the y at which the algorithm's hypergradient is taken."""
+
+    name: ClassVar[str] = ""
 
     def init(self, problem: Problem, x: Params, y: Params) -> State:
         raise NotImplementedError

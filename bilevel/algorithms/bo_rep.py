@@ -13,3 +13,5 @@ from bilevel.algorithms.base import LowerEstimateUpper
 
 class BOREP(LowerEstimateUpper):
     """BO-REP: periodic lower updates with refinement + z-SGD estimator + normalized momentum."""
+
+    name = "bo_rep"

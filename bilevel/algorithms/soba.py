@@ -17,6 +17,8 @@ from bilevel.upper import apply
 class SOBA(LowerEstimateUpper):
     """SOBA: simultaneous single-batch updates of y (SGD), z (ZSGD) and x (upper rule)."""
 
+    name = "soba"
+
     def step(self, problem: Problem, state: State) -> State:
         sample = self.estimator.draw(problem)
         graph = problem.oracles.lower_graph(state.x, state.y, sample.lower[0])

@@ -12,3 +12,5 @@ from bilevel.algorithms.base import LowerEstimateUpper
 
 class StocBiO(LowerEstimateUpper):
     """StocBiO: multi-step SGD lower level + Neumann hypergradient + SGD upper step."""
+
+    name = "stocbio"

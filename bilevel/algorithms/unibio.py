@@ -12,3 +12,5 @@ from bilevel.algorithms.base import LowerEstimateUpper
 
 class UniBiO(LowerEstimateUpper):
     """UniBiO: periodic Epoch-SGD lower level + LLUC Neumann estimator + normalized momentum."""
+
+    name = "unibio"

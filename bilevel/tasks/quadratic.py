@@ -9,6 +9,11 @@ E g and E f are the noise-free problem. Closed forms:
     y*(x) = A⁻¹(Bx + b),  Φ(x) = f(x, y*(x)),  ∇Φ(x) = μₓx + BᵀA⁻¹C(y*(x) − c).
 The instance (A, B, b, C, c) depends on ``instance_seed`` only, so run seeds vary sampling and
 initialization on one fixed problem.
+
+Finite-sum mode (``n_samples`` set): sample i carries fixed noise (ξ_i, δ_i, ζ_i) ~ N(0, σ²),
+centred so that the average over i is exactly the noise-free problem (the closed forms hold);
+the samples are partitioned once into n_samples / batch_size fixed minibatches, and a batch is
+one of them drawn uniformly, with ``Batch.index`` its id (SAGA-type memory keys on it).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Quadratic(Task):
         steps_per_epoch: int = 100,
         instance_seed: int = 0,
         dtype: str = "float64",
+        n_samples: int | None = None,
     ):
         self.dim_x, self.dim_y, self.mu_x = dim_x, dim_y, mu_x
         self.noise_std, self.hessian_noise_std = noise_std, hessian_noise_std
@@ -56,11 +62,29 @@ class Quadratic(Task):
         self.b = torch.randn(dim_y, generator=gen, dtype=dt)
         self.C = spd(torch.linspace(0.5, 2.0, dim_y, dtype=dt))
         self.c = torch.randn(dim_y, generator=gen, dtype=dt)
+        self.n_samples = n_samples
+        self.batches: dict[str, Tensor] = {}
+        if n_samples is not None:
+            if n_samples % batch_size:
+                raise ValueError(
+                    f"task.n_samples={n_samples} must be a multiple of task.batch_size={batch_size}"
+                )
+            n_batches = n_samples // batch_size
+            for name, dim, std in (
+                ("xi", dim_y, noise_std),
+                ("delta", dim_y, hessian_noise_std),
+                ("zeta_y", dim_y, noise_std),
+                ("zeta_x", dim_x, noise_std),
+            ):
+                per_sample = std * torch.randn(n_samples, dim, generator=gen, dtype=dt)
+                per_sample -= per_sample.mean(dim=0)
+                self.batches[name] = per_sample.view(n_batches, batch_size, dim).mean(dim=1)
 
     def to(self, device):
         super().to(device)
         for name in ("A", "B", "b", "C", "c"):
             setattr(self, name, getattr(self, name).to(self.device))
+        self.batches = {k: v.to(self.device) for k, v in self.batches.items()}
         return self
 
     def init_params(self, generator):
@@ -96,7 +120,13 @@ class Quadratic(Task):
             return None
         return gaussian((n,), std / self.batch_size**0.5, gen, self.dtype, self.device)
 
+    def _fixed_batch(self, keys: tuple[str, ...], generator: torch.Generator) -> Batch:
+        i = int(torch.randint(self.n_batches, (1,), generator=generator))
+        return Batch({k: self.batches[k][i] for k in keys}, self.batch_size, index=i)
+
     def sample_lower(self, generator):
+        if self.n_samples is not None:
+            return self._fixed_batch(("xi", "delta"), generator)
         data = {
             "xi": self._noise(self.dim_y, self.noise_std, generator),
             "delta": self._noise(self.dim_y, self.hessian_noise_std, generator),
@@ -104,11 +134,18 @@ class Quadratic(Task):
         return Batch(data, self.batch_size)
 
     def sample_upper(self, generator):
+        if self.n_samples is not None:
+            return self._fixed_batch(("zeta_y", "zeta_x"), generator)
         data = {
             "zeta_y": self._noise(self.dim_y, self.noise_std, generator),
             "zeta_x": self._noise(self.dim_x, self.noise_std, generator),
         }
         return Batch(data, self.batch_size)
+
+    @property
+    def n_batches(self) -> int | None:
+        """Number of fixed minibatches in finite-sum mode (None otherwise)."""
+        return None if self.n_samples is None else self.n_samples // self.batch_size
 
     def exact_batch(self, level: str) -> Batch:
         """The noise-free (population) batch of either level."""

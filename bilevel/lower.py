@@ -78,19 +78,21 @@ class SGD(LowerStrategy):
 
     The first step uses ``grad`` when the caller already computed it on its own batch
     (SOBA's single-batch iteration). Gradients never accumulate across steps (quirks Q9/Q12).
+    ``state["lr_scale"]``, when the algorithm sets it, scales the step (decaying schedules).
     """
 
     lr: float = 0.01
     steps: int = 1
 
     def run(self, problem, x, y, state, grad=None) -> None:
+        lr = self.lr * state.get("lr_scale", 1.0)
         for i in range(self.steps):
             g = (
                 grad
                 if (i == 0 and grad is not None)
                 else problem.oracles.grad_y_g(x, y, problem.lower_batch())
             )
-            tree.add_(y, g, alpha=-self.lr)
+            tree.add_(y, g, alpha=-lr)
 
 
 @dataclass

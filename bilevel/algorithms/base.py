@@ -63,10 +63,20 @@ class LowerEstimateUpper(Algorithm):
         x_{t+1} ← upper rule(h_t).
 
     ``lower``, ``estimator`` and ``upper`` are the parts; subclasses only name the paper.
+    ``upper_decay`` / ``lower_decay`` = a make the step sizes lr₀/(t+1)^a (two time-scale
+    schedules, e.g. TTSA's α_t ∝ t^{-3/5}, β_t ∝ t^{-2/5}); 0 keeps them constant.
     """
 
-    def __init__(self, lower: LowerStrategy, estimator: Estimator, upper: UpperFactory):
+    def __init__(
+        self,
+        lower: LowerStrategy,
+        estimator: Estimator,
+        upper: UpperFactory,
+        upper_decay: float = 0.0,
+        lower_decay: float = 0.0,
+    ):
         self.lower, self.estimator, self.upper = lower, estimator, upper
+        self.upper_decay, self.lower_decay = upper_decay, lower_decay
 
     def init(self, problem: Problem, x: Params, y: Params) -> State:
         state = State(
@@ -77,11 +87,22 @@ class LowerEstimateUpper(Algorithm):
             lower=self.lower.init_state(y),
         )
         self.lower.warm_start(problem, x, y, state.lower)
+        state.extra["upper_lr0"] = [g["lr"] for g in state.upper.param_groups]
         return state
+
+    def schedule(self, state: State) -> None:
+        """Set this iteration's step sizes (a no-op with zero decays)."""
+        if self.upper_decay:
+            groups = state.upper.param_groups
+            for group, lr0 in zip(groups, state.extra["upper_lr0"], strict=True):
+                group["lr"] = lr0 / (state.t + 1) ** self.upper_decay
+        if self.lower_decay:
+            state.lower["lr_scale"] = 1.0 / (state.t + 1) ** self.lower_decay
 
     def step(self, problem: Problem, state: State) -> State:
         from bilevel.upper import apply
 
+        self.schedule(state)
         self.lower.update(problem, state.x, state.y, state.lower, state.t)
         y_hat = self.lower.point(state.y, state.lower)
         state.hypergrad = self.estimator(problem, state.x, y_hat, state.estimator)

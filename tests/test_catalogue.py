@@ -93,3 +93,23 @@ def test_oracle_counts_per_iteration_match_the_catalogue(name):
             assert measured == pytest.approx(expected, rel=0.35, abs=0.2), (kind, measured)
         else:
             assert measured == pytest.approx(expected), (kind, measured, row[kind])
+
+
+@pytest.mark.parametrize("name", sorted(catalogue()))
+def test_fixed_seed_gives_identical_results(name):
+    row = catalogue()[name]
+    noise = {"quadratic": ["task.noise_std=0.5"], "unibio_synthetic": ["task.noise_lower=0.5"]}
+    cfg = compose(
+        [f"algorithm={name}", f"task={row['test task']}", *noise.get(row["test task"], [])]
+    )
+    finals = []
+    for _ in range(2):
+        task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
+        x, y = task.init_params(torch.Generator().manual_seed(3))
+        problem = Problem(task, torch.Generator().manual_seed(4))
+        state = algo.init(problem, x, y)
+        for _ in range(15):
+            state = algo.step(problem, state)
+        finals.append(torch.cat([v.reshape(-1) for v in (*state.x.values(), *state.y.values())]))
+    assert torch.equal(finals[0], finals[1])
+    assert torch.isfinite(finals[0]).all()

@@ -89,7 +89,8 @@ def unibio(lr=0.003, q=6, interval=2):
 
 
 def test_registry():
-    assert REGISTRY == {"bo_rep": BOREP, "soba": SOBA, "stocbio": StocBiO, "unibio": UniBiO}
+    for name, cls in {"bo_rep": BOREP, "soba": SOBA, "stocbio": StocBiO, "unibio": UniBiO}.items():
+        assert REGISTRY[name] is cls
 
 
 # -- deterministic convergence -----------------------------------------------------------------

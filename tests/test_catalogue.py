@@ -98,7 +98,11 @@ def test_oracle_counts_per_iteration_match_the_catalogue(name):
 @pytest.mark.parametrize("name", sorted(catalogue()))
 def test_fixed_seed_gives_identical_results(name):
     row = catalogue()[name]
-    noise = {"quadratic": ["task.noise_std=0.5"], "unibio_synthetic": ["task.noise_lower=0.5"]}
+    noise = {
+        "quadratic": ["task.noise_std=0.5"],
+        "unibio_synthetic": ["task.noise_lower=0.5"],
+        "quadratic_finite_sum": [],
+    }
     cfg = compose(
         [f"algorithm={name}", f"task={row['test task']}", *noise.get(row["test task"], [])]
     )

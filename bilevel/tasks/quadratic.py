@@ -120,13 +120,19 @@ class Quadratic(Task):
             return None
         return gaussian((n,), std / self.batch_size**0.5, gen, self.dtype, self.device)
 
-    def _fixed_batch(self, keys: tuple[str, ...], generator: torch.Generator) -> Batch:
-        i = int(torch.randint(self.n_batches, (1,), generator=generator))
-        return Batch({k: self.batches[k][i] for k in keys}, self.batch_size, index=i)
+    def fixed_batch(self, level: str, index: int) -> Batch:
+        """Fixed minibatch ``index`` of the finite sum, for ``level`` 'lower' or 'upper'."""
+        keys = ("xi", "delta") if level == "lower" else ("zeta_y", "zeta_x")
+        return Batch({k: self.batches[k][index] for k in keys}, self.batch_size, index=index)
+
+    def _random_fixed_batch(self, level: str, generator: torch.Generator) -> Batch:
+        return self.fixed_batch(
+            level, int(torch.randint(self.n_batches, (1,), generator=generator))
+        )
 
     def sample_lower(self, generator):
         if self.n_samples is not None:
-            return self._fixed_batch(("xi", "delta"), generator)
+            return self._random_fixed_batch("lower", generator)
         data = {
             "xi": self._noise(self.dim_y, self.noise_std, generator),
             "delta": self._noise(self.dim_y, self.hessian_noise_std, generator),
@@ -135,7 +141,7 @@ class Quadratic(Task):
 
     def sample_upper(self, generator):
         if self.n_samples is not None:
-            return self._fixed_batch(("zeta_y", "zeta_x"), generator)
+            return self._random_fixed_batch("upper", generator)
         data = {
             "zeta_y": self._noise(self.dim_y, self.noise_std, generator),
             "zeta_x": self._noise(self.dim_x, self.noise_std, generator),

@@ -9,6 +9,12 @@ Oracles of a bilevel problem min_x f(x, y*(x)), y*(x) = argmin_y g(x, y):
 * ``hvp_cross``-> both products from ONE reverse pass through ∇ᵧg        (``hvp`` + ``cross``)
 * ``lower_graph`` -> ∇ᵧg kept with its graph, so several products on the same batch (a Neumann
   series on one Hessian batch, or a gradient step plus an HVP) share a single forward pass.
+* ``adapt``    -> K SGD steps on g(x, ·; support) from y₀ (and optionally on x too), the
+  inner loop of MAML/ANIL; with ``create_graph`` the adapted point stays differentiable in
+  (x, y₀)                                                              (K × ``grad_g``)
+* ``grad_f_through`` -> f(x_K, y_K; query) differentiated w.r.t. (x, y₀) through the K steps
+  (second-order meta-gradient) or at the adapted point (first order)
+                                   (``grad_f``; + K ``hvp`` + K ``cross`` through the steps)
 
 Every call is counted by kind and by batch size (:class:`OracleCounter`), so figures can put
 oracle calls on the x-axis. Second-order calls run inside :func:`second_order`, which disables
@@ -232,3 +238,158 @@ class Oracles:
     def hvp_cross(self, x: Params, y: Params, v: Params, batch: Batch) -> tuple[Params, Params]:
         with torch.enable_grad():
             return self.lower_graph(x, y, batch).hvp_cross(v)
+
+    # -- meta-learning: differentiable adaptation (MAML, ANIL) -----------------------------
+    def adapt(
+        self,
+        x: Params,
+        y0: Params,
+        batch: Batch,
+        lr: float,
+        steps: int,
+        create_graph: bool = False,
+        adapt_x: bool = False,
+        support_grad_x: bool = False,
+    ) -> Adapted:
+        """K = ``steps`` SGD steps on the lower loss g(·; ``batch``) from (x, y₀), all on one
+        batch (a task's support set): y_{i+1} = y_i − lr·∇ᵧg(x_i, y_i), and, when ``adapt_x``
+        (MAML adapting every parameter), x_{i+1} = x_i − lr·∇ₓg(x_i, y_i); otherwise x_i = x.
+
+        ``create_graph=True`` records every step (each ∇g taken with ``create_graph``, inside
+        :func:`second_order`), so the adapted point is a differentiable function of (x, y₀): the
+        inner loop of second-order MAML/ANIL, to be differentiated by :meth:`grad_f_through`.
+        ``create_graph=False`` takes detached steps (first-order MAML / FO-ANIL; the reference
+        code).
+        ``support_grad_x`` (first order only) also returns Σᵢ ∇ₓg(x_i, y_i) from the same backward
+        passes (quirk Q11). The inputs are never modified.
+
+        Counted: ``steps`` ``grad_g`` calls on ``batch`` (∇ₓg and ∇ᵧg of one step come from one
+        backward pass). The second-order work is counted when the graph is differentiated.
+        """
+        if support_grad_x and create_graph:
+            raise ValueError(
+                "adapt: support_grad_x is a first-order quirk (Q11); not with create_graph"
+            )
+        self.counter.add("grad_g", batch.size, steps)
+        device = next(iter(y0.values())).device
+        with_x = adapt_x or support_grad_x
+        acc = tree.zeros_like(x) if support_grad_x else None
+        context = second_order(device) if create_graph else contextlib.nullcontext()
+        with context, torch.enable_grad():
+            x0 = tree.leaves(x, requires_grad=create_graph)
+            ys0 = tree.leaves(y0, requires_grad=create_graph)
+            xi, yi = x0, ys0
+            for _ in range(steps):
+                if not create_graph:
+                    xi, yi = tree.leaves(xi, requires_grad=with_x), tree.leaves(yi)
+                loss = self.task.lower_loss(xi, yi, batch)
+                wrt = {("y", k): t for k, t in yi.items()}
+                if with_x:
+                    wrt.update({("x", k): t for k, t in xi.items()})
+                grads = _grad(loss, wrt, create_graph=create_graph)
+                gx = {k: grads[("x", k)] for k in xi} if with_x else None
+                with torch.set_grad_enabled(create_graph):
+                    yi = _sgd_step(yi, {k: grads[("y", k)] for k in yi}, lr)
+                    if adapt_x:
+                        xi = _sgd_step(xi, gx, lr)
+                if acc is not None:
+                    acc = tree.add(acc, gx)
+        if not create_graph:
+            xi, yi = tree.detach(xi), tree.detach(yi)
+        return Adapted(xi, yi, x0, ys0, batch, steps, create_graph, acc)
+
+    def grad_f_through(self, adapted: Adapted, batch: Batch) -> MetaGrad:
+        """The query loss f(x_K, y_K; ``batch``) and its meta-gradient w.r.t. the starting point.
+
+        When ``adapted`` kept its graph, ONE reverse pass goes from f back through the K recorded
+        steps to (x, y₀) (second-order MAML/ANIL: each step contributes (I − lr∇²g)·v, i.e. one
+        Hessian-vector product of g; with x held fixed, ∇²ᵧᵧg·v and ∇²ₓᵧg·v). The same pass returns
+        ∇f at the adapted point (``x_direct``, ``y_direct``). Otherwise the meta-gradient is ∇f at
+        the adapted point (first order).
+
+        Counted: one ``grad_f`` on ``batch``; through a recorded graph also ``steps`` ``hvp`` and
+        ``steps`` ``cross`` on the support batch (one reverse pass through an inner step = one HVP
+        and one cross product, as :meth:`LowerGraph.hvp_cross`; when x is adapted too, that pass is
+        the full Hessian-vector product of g in (x, y), counted the same way).
+        """
+        self.counter.add("grad_f", batch.size)
+        if not adapted.create_graph:
+            xl, yl = tree.leaves(adapted.x), tree.leaves(adapted.y)
+            with torch.enable_grad():
+                loss = self.task.upper_loss(xl, yl, batch)
+                grads = _grad(
+                    loss,
+                    {
+                        **{("x", k): t for k, t in xl.items()},
+                        **{("y", k): t for k, t in yl.items()},
+                    },
+                )
+            gx, gy = {k: grads[("x", k)] for k in xl}, {k: grads[("y", k)] for k in yl}
+            return MetaGrad(loss.detach(), gx, gy, gx, gy)
+        if adapted.steps:
+            self.counter.add("hvp", adapted.batch.size, adapted.steps)
+            self.counter.add("cross", adapted.batch.size, adapted.steps)
+        device = next(iter(adapted.y.values())).device
+        with second_order(device), torch.enable_grad():
+            # an alias of x_K used only by f, so the same pass also yields the direct ∂f/∂x
+            x_f = {k: v.view_as(v) for k, v in adapted.x.items()}
+            loss = self.task.upper_loss(x_f, adapted.y, batch)
+            inputs = {
+                **{("x", k): t for k, t in adapted.x0.items()},
+                **{("y", k): t for k, t in adapted.y0.items()},
+                **{("xd", k): t for k, t in x_f.items()},
+                **{("yd", k): t for k, t in adapted.y.items()},
+            }
+            grads = _grad(loss, inputs)
+        return MetaGrad(
+            loss.detach(),
+            {k: grads[("x", k)] for k in adapted.x0},
+            {k: grads[("y", k)] for k in adapted.y0},
+            {k: grads[("xd", k)] for k in x_f},
+            {k: grads[("yd", k)] for k in adapted.y},
+        )
+
+
+# -- meta-learning results ----------------------------------------------------------------------
+@dataclass
+class Adapted:
+    """The point reached by :meth:`Oracles.adapt`: K SGD steps on g(·; support) from (x, y₀).
+
+    ``x``, ``y`` are the adapted point (x_K is x itself when x is not adapted). With
+    ``create_graph`` they are non-leaf tensors whose graph reaches the leaves ``x0``, ``y0``; hand
+    them to :meth:`Oracles.grad_f_through` exactly once (its backward frees the graph). Without
+    it they are detached and ``x0``, ``y0`` are detached too. ``support_grad_x`` is
+    Σ_{i<K} ∇ₓg(x, y_i; support) when it was asked for (the reference code's encoder gradient,
+    contaminated by the support backward passes: quirk Q11), else None.
+    """
+
+    x: Params
+    y: Params
+    x0: Params
+    y0: Params
+    batch: Batch
+    steps: int
+    create_graph: bool
+    support_grad_x: Params | None = None
+
+
+@dataclass
+class MetaGrad:
+    """Derivatives of the query loss f(x_K, y_K; query) at an adapted point.
+
+    ``x``, ``y``: the meta-gradient w.r.t. the starting point (x, y₀): through the K inner steps
+    when the adaptation kept its graph (second-order MAML/ANIL), else equal to the direct part
+    (first order). ``x_direct``, ``y_direct``: ∇ₓf and ∇ᵧf at (x_K, y_K) with the adapted point
+    held fixed (the first-order part); ``x − x_direct`` is what flows back through the steps.
+    """
+
+    loss: Tensor
+    x: Params
+    y: Params
+    x_direct: Params
+    y_direct: Params
+
+
+def _sgd_step(p: Params, g: Params, lr: float) -> Params:
+    """p − lr·g tensor by tensor (plain ops, so that the step is recorded for a double backward)."""
+    return {k: v - lr * g[k] for k, v in p.items()}

@@ -27,6 +27,18 @@ class Problem:
         """A fresh minibatch for f (the upper level)."""
         return self.task.sample_upper(self.generator)
 
+    def episodes(self, n: int) -> list[tuple[Batch, Batch]]:
+        """``n`` meta-learning episodes (support, query), each from one task: one outer iteration
+        of MAML/ANIL is one batch of tasks. Delegates to the task's ``sample_episodes``."""
+        sample = getattr(self.task, "sample_episodes", None)
+        if sample is None:
+            raise TypeError(
+                f"task {type(self.task).__name__} has no meta-learning episodes "
+                "(no sample_episodes); meta-learning algorithms (maml, anil) need a "
+                "meta-learning task such as task=meta_synthetic"
+            )
+        return sample(self.generator, n)
+
     def randint(self, low: int, high: int) -> int:
         """Uniform integer in [low, high] from the run's CPU generator (no device sync)."""
         return int(torch.randint(low, high + 1, (1,), generator=self.generator).item())

@@ -19,6 +19,8 @@ from bilevel.problem import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURE = 60  # iterations, a multiple of every interval and checkpoint period in the configs
+# fewer tasks per step on the meta-learning task: the formulas are checked at that value
+FAST = {"meta_synthetic": ["algorithm.tasks_per_step=2"]}
 
 
 def catalogue() -> dict[str, dict[str, str]]:
@@ -47,19 +49,20 @@ def test_row_matches_config_and_registry(name):
     cfg = compose([f"algorithm={name}", f"task={row['test task']}"])
     assert instantiate(cfg.algorithm).__class__ is REGISTRY[name]
     for part in ("lower", "estimator", "upper"):
-        target = cfg.algorithm[part]._target_
-        assert target.rsplit(".", 1)[1] == row[part], (part, target)
+        node = cfg.algorithm.get(part)
+        name = "—" if node is None else node._target_.rsplit(".", 1)[1]
+        assert name == row[part], (part, name)
 
 
 def _expected(formula: str, cfg) -> float:
     a = cfg.algorithm
-    est = a.estimator
+    est = a.get("estimator")
     names = {
         "lower": a.lower,
         "estimator": est,
         "upper": a.upper,
         "algo": a,
-        "E_k": (est.q - 1) / 2 if "q" in est else 0.0,
+        "E_k": (est.q - 1) / 2 if est is not None and "q" in est else 0.0,
         "epoch_sgd_steps": lambda low: sum(
             EpochSGD(
                 T1=low.T1, budget=low.budget, p=low.p, max_epochs=low.max_epochs
@@ -74,7 +77,8 @@ def _expected(formula: str, cfg) -> float:
 @pytest.mark.parametrize("name", sorted(catalogue()))
 def test_oracle_counts_per_iteration_match_the_catalogue(name):
     row = catalogue()[name]
-    cfg = compose([f"algorithm={name}", f"task={row['test task']}"])
+    task_name = row["test task"]
+    cfg = compose([f"algorithm={name}", f"task={task_name}", *FAST.get(task_name, [])])
     OmegaConf.resolve(cfg)
     task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
     x, y = task.init_params(torch.Generator().manual_seed(1))

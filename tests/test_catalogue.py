@@ -58,9 +58,9 @@ def _expected(formula: str, cfg) -> float:
     a = cfg.algorithm
     est = a.get("estimator")
     names = {
-        "lower": a.lower,
+        "lower": a.get("lower"),
         "estimator": est,
-        "upper": a.upper,
+        "upper": a.get("upper"),
         "algo": a,
         "E_k": (est.q - 1) / 2 if est is not None and "q" in est else 0.0,
         "epoch_sgd_steps": lambda low: sum(

@@ -71,6 +71,12 @@ def _accepted(target: str) -> set[str] | None:
     return {p.name for p in params}
 
 
+def parts(algorithm: str) -> set[str]:
+    """The part groups (``lower``, ``estimator``, ``upper``) an algorithm's defaults list names."""
+    defaults = OmegaConf.load(CONFIGS / "algorithm" / f"{algorithm}.yaml").get("defaults", [])
+    return {str(k) for d in defaults if isinstance(d, DictConfig) for k in d if k in NESTED}
+
+
 @pytest.mark.parametrize(
     "group,option",
     [(g, o) for g in NESTED for o in options(f"algorithm/{g}")],
@@ -79,7 +85,14 @@ def _accepted(target: str) -> set[str] | None:
 def test_nested_option_composes_into_algorithm(compose_cfg, algorithm, group, option):
     """``algorithm/<group>=<option>`` swaps one part of an algorithm cleanly: the algorithm's
     tuned settings live in configs/algorithm/tuned/<alg>/<group>/<option>.yaml and apply only
-    while that option is selected, so no argument of the old part is left behind."""
+    while that option is selected, so no argument of the old part is left behind. An algorithm
+    without such a part (SUSTAIN's and VRBO's y recursions, F2SA's missing estimator) rejects it
+    with a one-line error naming the group."""
+    if group not in parts(algorithm):
+        with pytest.raises(ConfigError) as excinfo:
+            compose_cfg(f"algorithm={algorithm}", f"algorithm/{group}={option}", "task=quadratic")
+        assert f"algorithm/{group}" in _one_line_error(excinfo)
+        return
     cfg = compose_cfg(f"algorithm={algorithm}", f"algorithm/{group}={option}", "task=quadratic")
     own = OmegaConf.load(CONFIGS / "algorithm" / group / f"{option}.yaml")
     part = cfg.algorithm[group]

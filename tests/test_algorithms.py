@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from oracle_counts import calls_per_step
 
 from bilevel import hypergrad, lower, tree, upper
 from bilevel.algorithms import BOREP, REGISTRY, SOBA, StocBiO, UniBiO
@@ -156,16 +157,7 @@ def per_iteration(alg, steps=4, batch_size=4):
     problem = Problem(task, torch.Generator().manual_seed(0))
     x, y = task.init_params(torch.Generator().manual_seed(1))
     state = alg.init(problem, x, y)
-    diffs = []
-    for _ in range(steps):
-        before = problem.oracles.counter.columns()
-        alg.step(problem, state)
-        after = problem.oracles.counter.columns()
-        d = {k[len("calls_") :]: after[k] - before[k] for k in after if k.startswith("calls_")}
-        assert after["oracle_calls"] - before["oracle_calls"] == sum(d.values())
-        assert after["samples"] - before["samples"] == batch_size * sum(d.values())
-        diffs.append(d)
-    return diffs
+    return calls_per_step(alg, problem, state, steps, batch_size)
 
 
 def calls(grad_f, grad_g, hvp, cross):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracle_counts import calls_per_step
 
 from bilevel import hypergrad, lower, tree
 from bilevel.algorithms import ANIL, MAML
@@ -301,15 +302,7 @@ def calls(grad_f, grad_g, hvp, cross):
 def per_iteration(alg, steps=3):
     _, problem, x, y = setup()
     state = alg.init(problem, x, y)
-    diffs = []
-    for _ in range(steps):
-        before = problem.oracles.counter.columns()
-        alg.step(problem, state)
-        after = problem.oracles.counter.columns()
-        diffs.append(
-            {k[len("calls_") :]: after[k] - before[k] for k in after if k.startswith("calls_")}
-        )
-    return diffs
+    return calls_per_step(alg, problem, state, steps)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import io
 
 import pytest
 import torch
+from oracle_counts import calls_per_step
 
 from bilevel import hypergrad, lower, tree
 from bilevel.algorithms import F2SA, SUSTAIN, VRBO
@@ -272,16 +273,7 @@ def per_iteration(alg, steps, batch_size=4):
     """Oracle calls by kind of each of ``steps`` iterations (after init)."""
     task = quadratic(noise_std=0.1, batch_size=batch_size)
     problem, state = setup(alg, task)
-    diffs = []
-    for _ in range(steps):
-        before = problem.oracles.counter.columns()
-        alg.step(problem, state)
-        after = problem.oracles.counter.columns()
-        d = {k[len("calls_") :]: after[k] - before[k] for k in after if k.startswith("calls_")}
-        assert after["oracle_calls"] - before["oracle_calls"] == sum(d.values())
-        assert after["samples"] - before["samples"] == batch_size * sum(d.values())
-        diffs.append(d)
-    return diffs
+    return calls_per_step(alg, problem, state, steps, batch_size)
 
 
 def calls(grad_f, grad_g, hvp, cross, times=1):

@@ -45,6 +45,20 @@ class Algorithm:
 
     name: ClassVar[str] = ""
 
+    def new_state(self, x: Params, y: Params, **extra: Any) -> State:
+        """A fresh State: the upper optimizer on x and the parts' own dicts, for whichever of
+        ``self.upper``, ``self.estimator`` and ``self.lower`` the algorithm has."""
+        upper, estimator = getattr(self, "upper", None), getattr(self, "estimator", None)
+        lower = getattr(self, "lower", None)
+        return State(
+            x=x,
+            y=y,
+            upper=upper(list(x.values())) if upper is not None else None,
+            estimator=estimator.init_state(x, y) if estimator is not None else {},
+            lower=lower.init_state(y) if lower is not None else {},
+            extra=dict(extra),
+        )
+
     def init(self, problem: Problem, x: Params, y: Params) -> State:
         raise NotImplementedError
 
@@ -79,13 +93,7 @@ class LowerEstimateUpper(Algorithm):
         self.upper_decay, self.lower_decay = upper_decay, lower_decay
 
     def init(self, problem: Problem, x: Params, y: Params) -> State:
-        state = State(
-            x=x,
-            y=y,
-            upper=self.upper(list(x.values())),
-            estimator=self.estimator.init_state(x, y),
-            lower=self.lower.init_state(y),
-        )
+        state = self.new_state(x, y)
         self.lower.warm_start(problem, x, y, state.lower)
         state.extra["upper_lr0"] = [g["lr"] for g in state.upper.param_groups]
         return state

@@ -60,12 +60,7 @@ class SUSTAIN(Algorithm):
         self.truncation_index = truncation_index
 
     def init(self, problem: Problem, x: Params, y: Params) -> State:
-        state = State(
-            x=x,
-            y=y,
-            upper=self.upper(list(x.values())),
-            estimator=self.estimator.init_state(x, y),
-        )
+        state = self.new_state(x, y)
         for group in state.upper.param_groups:  # as torch.optim.lr_scheduler: kept in its state
             group.setdefault("initial_lr", group["lr"])
         state.extra = {"d_x": None, "d_fx": None, "d_y": None, "x_prev": None, "y_prev": None}

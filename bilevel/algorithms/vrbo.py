@@ -55,14 +55,7 @@ class VRBO(Algorithm):
         self.inner_steps, self.checkpoint_batches = inner_steps, checkpoint_batches
 
     def init(self, problem: Problem, x: Params, y: Params) -> State:
-        state = State(
-            x=x,
-            y=y,
-            upper=self.upper(list(x.values())),
-            estimator=self.estimator.init_state(x, y),
-        )
-        state.extra = {"v": None, "fx": None, "u": None}
-        return state
+        return self.new_state(x, y, v=None, fx=None, u=None)
 
     def _estimate(
         self, problem: Problem, x: Params, y: Params, est_state: dict[str, Any], sample: Sample

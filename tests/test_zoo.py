@@ -57,8 +57,8 @@ SETTINGS = {
         LR + ["algorithm.upper.lr=0.003", "algorithm.estimator.lr=0.3", "algorithm.estimator.q=10"],
         2000,
         20,
-        None,
-    ),  # 44 / -
+        15,
+    ),  # 44 / 35
 }
 
 

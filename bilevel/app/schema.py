@@ -32,7 +32,7 @@ class PathsConfig:
 class ScaleConfig:
     name: str = "small"
     hidden_size: int = 128
-    data_fraction: float = 0.05
+    max_train: int | None = 4000  # training samples of the real tasks (None: all)
 
 
 @dataclass

@@ -1,0 +1,198 @@
+"""Data hyper-cleaning (BO-REP/SLIP/AccBO/UniBiO experiments; spec ACCBO-UNIBIO §2.2,
+BOREP-SLIP-ADAMBO §4.1): learn one weight per training sample on label-corrupted data.
+
+    x = {"logits": λ ∈ R^N}, one logit per training sample, weight σ(λ_i)
+    y = the classifier (``lower_params='model'``, the papers) or its head only (``'head'``)
+    g(x, y; B) = (1/|B|) Σ_{i∈B} σ(λ_i)·CE(y; u_i, ỹ_i) + reg(y)      noisy training batch B
+    f(x, y; V) = (1/|V|) Σ_{j∈V} CE(y; u_j, y_j)                      CLEAN validation batch V
+
+λ is gathered by the batch's sample indices, so a step costs the same for any N. The training
+labels are corrupted once, with a seed (a fraction ``noise_rate`` flipped to another class); a
+clean validation split is held out of the training data and never corrupted.
+
+Reference-code behaviour, explicit options only (docs/reference-quirks.md):
+  * ``noise_mode='per_access'``: labels re-drawn at every access (A-Q5, B-Q28);
+  * ``upper_data='noisy_train'``: f on noisy training batches, no clean split (A-Q2, B-Q27);
+  * ``reg.kind='l2_norm'``: the un-squared L2 regulariser (B-Q1, A-Q25).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from bilevel.data import PerAccessNoise, hypercleaning_split
+from bilevel.oracles import Batch
+from bilevel.tasks.base import Task
+from bilevel.tasks.regularizers import regularizer
+from bilevel.tasks.text import forward, make_model, prepare
+from bilevel.tree import Params
+
+
+class HyperCleaning(Task):
+    def __init__(
+        self,
+        dataset: dict[str, Any],
+        model: dict[str, Any],
+        noise_rate: float = 0.2,
+        n_train: int | None = 4000,
+        val_size: int = 1000,
+        n_test: int | None = 2000,
+        batch_size: int = 128,
+        val_batch_size: int = 128,
+        max_len: int = 48,
+        x_init: float = 0.0,
+        lower_params: Literal["model", "head"] = "model",
+        reg: dict[str, Any] | None = None,
+        noise_mode: Literal["fixed", "per_access"] = "fixed",
+        upper_data: Literal["clean_val", "noisy_train"] = "clean_val",
+        eval_size: int = 1000,
+        data_dir: str | None = None,
+        instance_seed: int = 0,
+    ):
+        self.model_cfg, self.noise_rate, self.batch_size = dict(model), noise_rate, batch_size
+        self.val_batch_size, self.x_init, self.lower_params = val_batch_size, x_init, lower_params
+        self.reg = {"kind": "l2", "coef": 1e-4, "p": 2.0, **(reg or {})}
+        self.noise_mode, self.upper_data, self.eval_size = noise_mode, upper_data, eval_size
+        total = None if n_train is None else n_train + val_size
+        self.data = prepare(
+            dataset,
+            data_dir,
+            max_len,
+            {"train": dataset["train_split"], "test": dataset["test_split"]},
+            {"train": total, "test": n_test},
+            instance_seed,
+        )
+        train = self.data.splits["train"]
+        split = hypercleaning_split(
+            train.labels, self.data.n_classes, noise_rate, val_size, instance_seed
+        )
+        self.train_positions = split.train_idx  # rows of the loaded data, disjoint from val
+        self.clean_labels = train.labels[split.train_idx]
+        self.is_corrupted = split.is_corrupted
+        noisy = train.subset(split.train_idx).with_labels(split.train_labels)
+        # x is indexed by position in the training subset: renumber 0..N-1
+        positions = torch.arange(len(noisy))
+        self.train = replace(noisy, tensors={**noisy.tensors, "index": positions})
+        self.val = train.subset(split.val_idx)
+        self.test = self.data.splits["test"]
+        self.per_access = PerAccessNoise(noise_rate, self.data.n_classes)
+        self.n_train = len(self.train)
+        self.steps_per_epoch = math.ceil(self.n_train / batch_size)
+        self.eval_gen_seed = instance_seed + 7
+        self.module = None
+        self.frozen: Params = {}
+
+    def to(self, device):
+        super().to(device)
+        self.train, self.val, self.test = (
+            s.to(self.device) for s in (self.train, self.val, self.test)
+        )
+        self.clean_labels = self.clean_labels.to(self.device)
+        self.is_corrupted = self.is_corrupted.to(self.device)
+        if self.module is not None:
+            self.module.to(self.device)
+        return self
+
+    def init_params(self, generator):
+        self.module = make_model(self.model_cfg, self.data, generator).to(self.device)
+        self._forward = forward(self.module)
+        params = {
+            k: v.detach().clone() for k, v in self.module.named_parameters() if v.requires_grad
+        }
+        if self.lower_params == "head":
+            y = {k: v for k, v in params.items() if k.startswith("head.")}
+            self.frozen = {k: v for k, v in params.items() if k not in y}
+        else:
+            y, self.frozen = params, {}
+        x = {"logits": torch.full((self.n_train,), self.x_init, device=self.device)}
+        return x, {k: v.requires_grad_() for k, v in y.items()}
+
+    # -- losses ------------------------------------------------------------------------------
+    def _logits(self, y: Params, batch: dict[str, Tensor]) -> Tensor:
+        return self._forward({**self.frozen, **y}, self.data.fields, batch)
+
+    def lower_loss(self, x, y, batch):
+        d = batch.data
+        weights = torch.sigmoid(x["logits"][d["index"]])
+        ce = F.cross_entropy(self._logits(y, d), d["label"], reduction="none")
+        return (weights * ce).mean() + regularizer(
+            y, self.reg["coef"], self.reg["kind"], self.reg["p"]
+        )
+
+    def upper_loss(self, x, y, batch):
+        d = batch.data
+        return F.cross_entropy(self._logits(y, d), d["label"])
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _draw(self, split, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
+        return split.gather(idx)
+
+    def sample_lower(self, generator):
+        data = self._draw(self.train, self.batch_size, generator)
+        if self.noise_mode == "per_access":
+            clean = self.clean_labels[data["index"]]
+            data["label"] = self.per_access(clean, generator)
+        return Batch(data, self.batch_size)
+
+    def sample_upper(self, generator):
+        if self.upper_data == "noisy_train":
+            return self.sample_lower(generator)
+        return Batch(self._draw(self.val, self.val_batch_size, generator), self.val_batch_size)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _accuracy_and_loss(self, y: Params, split, labels: Tensor | None = None):
+        n = min(len(split), self.eval_size)
+        idx = torch.arange(n, device=self.device)
+        data = split.gather(idx)
+        target = data["label"] if labels is None else labels[idx]
+        with torch.no_grad():
+            logits = self._logits(y, data)
+        acc = (logits.argmax(-1) == target).float().mean()
+        return float(acc), float(F.cross_entropy(logits, target))
+
+    def evaluate(self, x, y):
+        n = min(self.n_train, self.eval_size)
+        first = Batch(self.train.gather(torch.arange(n, device=self.device)), n)
+        with torch.no_grad():
+            lower = float(self.lower_loss(x, y, first))  # g on a fixed slice of the noisy data
+        train_acc, train_loss = self._accuracy_and_loss(y, self.train, self.clean_labels)
+        val_acc, val_loss = self._accuracy_and_loss(y, self.val)
+        test_acc, test_loss = self._accuracy_and_loss(y, self.test)
+        return {
+            "upper_loss": val_loss,
+            "lower_loss": lower,
+            "train_acc": train_acc,
+            "train_loss": train_loss,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "cleaning_auc": cleaning_auc(x["logits"].detach(), self.is_corrupted),
+        }
+
+
+def cleaning_auc(logits: Tensor, is_corrupted: Tensor) -> float:
+    """ROC-AUC of the weights σ(λ) for telling clean (positive) from corrupted samples:
+    P(λ_clean > λ_corrupted), ties counted one half (Mann–Whitney U)."""
+    clean, bad = logits[~is_corrupted], logits[is_corrupted]
+    if len(clean) == 0 or len(bad) == 0:
+        return math.nan
+    ranks = torch.empty_like(logits, dtype=torch.float64)
+    order = torch.argsort(logits)
+    ranks[order] = torch.arange(1, len(logits) + 1, dtype=torch.float64, device=logits.device)
+    # average ranks over ties
+    uniq, inverse = torch.unique(logits, return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=torch.float64, device=logits.device)
+    counts = torch.zeros(len(uniq), dtype=torch.float64, device=logits.device)
+    sums.index_add_(0, inverse, ranks)
+    counts.index_add_(0, inverse, torch.ones_like(ranks))
+    ranks = (sums / counts)[inverse]
+    r_clean = ranks[~is_corrupted].sum()
+    n1, n0 = len(clean), len(bad)
+    return float((r_clean - n1 * (n1 + 1) / 2) / (n1 * n0))

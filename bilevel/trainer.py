@@ -229,11 +229,14 @@ class Trainer:
         y_point = self.algorithm.lower_point(state)
         if finite:
             row.update(self.task.evaluate(state.x, y_point))
-        if finite and self.task.has_closed_form:
+        if finite and hasattr(self.task, "y_star"):  # y* alone logs lower_error (deep AUC)
+            closed = self.task.has_closed_form
             with torch.no_grad():
-                row["true_hypergrad_norm"] = float(tree.norm(self.task.hypergrad_true(state.x)))
+                if closed:
+                    row["true_hypergrad_norm"] = float(tree.norm(self.task.hypergrad_true(state.x)))
                 row["lower_error"] = float(tree.norm(tree.sub(y_point, self.task.y_star(state.x))))
-                row["phi"] = float(self.task.phi(state.x))
+                if closed:
+                    row["phi"] = float(self.task.phi(state.x))
         rows.append(row)
         for lg in self.loggers:
             lg.log(row)

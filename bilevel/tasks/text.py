@@ -20,6 +20,7 @@ from bilevel.data import (
     build_vocab,
     encode,
     glove_embeddings,
+    load_amazon,
     load_sentiment140,
     load_snli,
     load_trec,
@@ -27,7 +28,30 @@ from bilevel.data import (
 )
 from bilevel.models import build_model, functional
 
-LOADERS = {"snli": load_snli, "sentiment140": load_sentiment140, "trec": load_trec}
+# BO-REP's hyperparameter-optimization test domains (spec BOREP-SLIP-ADAMBO §4.3); the Amazon
+# file has no split field, so "train" is every other domain and "test" these eight.
+AMAZON_TEST_DOMAINS = (
+    *("office_products", "automotive", "computer_&_video_games", "outdoor_living"),
+    *("software", "sports_&_outdoors", "toys_&_games", "video"),
+)
+
+
+def _load_amazon_split(split: str, data_dir=None, hub_id=None):
+    """Amazon ``split`` in {train, test}, split by domain (AMAZON_TEST_DOMAINS)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown Amazon split {split!r} (expected train or test)")
+    ds = load_amazon(data_dir=data_dir, hub_id=hub_id)
+    test = set(AMAZON_TEST_DOMAINS)
+    keep = [(d in test) == (split == "test") for d in ds["domain"]]
+    return ds.select([i for i, k in enumerate(keep) if k])
+
+
+LOADERS = {
+    "snli": load_snli,
+    "sentiment140": load_sentiment140,
+    "trec": load_trec,
+    "amazon": _load_amazon_split,
+}
 
 
 @dataclass

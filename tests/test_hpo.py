@@ -1,0 +1,140 @@
+"""Hyperparameter optimization (learn an L2 coefficient): hand formulas for the lower loss's
+x-derivatives on a tiny linear model, the Q1 option, and short runs on the real Amazon file."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from bilevel.app.config import compose
+from bilevel.data import resolve_data_dir
+from bilevel.oracles import Batch, Oracles
+from bilevel.problem import Problem
+from bilevel.tasks.hpo import HPO
+
+try:
+    resolve_data_dir(None)
+    HAVE_DATA = True
+except Exception:
+    HAVE_DATA = False
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="shared/data is not beside the repository")
+
+
+def tiny(reg_kind: str = "l2", lambda_map: str = "softplus") -> HPO:
+    """An HPO task without data: a linear model logits = u @ w, so only the losses are real."""
+    task = HPO.__new__(HPO)
+    task.reg_kind, task.lambda_map = reg_kind, lambda_map
+    task.data = SimpleNamespace(fields=("text",))
+    task._forward = lambda y, fields, d: d["u"] @ y["w"] + y["b"]
+    return task
+
+
+def tiny_case():
+    gen = torch.Generator().manual_seed(0)
+    x = {"lambda_raw": torch.tensor(-0.7, dtype=torch.float64)}
+    y = {
+        "w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
+        "b": torch.randn(2, generator=gen, dtype=torch.float64),
+    }
+    v = {k: torch.randn(t.shape, generator=gen, dtype=torch.float64) for k, t in y.items()}
+    u = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    batch = Batch({"u": u, "label": torch.tensor([0, 1, 1, 0, 1])}, 5)
+    return x, y, v, batch
+
+
+def sq(y) -> float:
+    return sum(float(t.square().sum()) for t in y.values())
+
+
+def test_lower_x_derivatives_match_the_hand_formula():
+    x, y, v, batch = tiny_case()
+    oracles = Oracles(tiny())
+    s = float(torch.sigmoid(x["lambda_raw"]))  # softplus'(x)
+    gx = oracles.grad_x_g(x, y, batch)["lambda_raw"]
+    assert float(gx) == pytest.approx(s * sq(y) / 2, rel=1e-12)  # ∂g/∂x = σ(x)·‖y‖²/2
+    jv = oracles.cross(x, y, v, batch)["lambda_raw"]  # (∂²g/∂x∂y)·v = σ(x)·⟨y, v⟩
+    dot = sum(float((y[k] * v[k]).sum()) for k in y)
+    assert float(jv) == pytest.approx(s * dot, rel=1e-12)
+    assert jv.shape == x["lambda_raw"].shape == ()
+    # the Hessian in y gains exactly softplus(x)·v from the penalty
+    zero = {"lambda_raw": torch.tensor(-60.0, dtype=torch.float64)}  # softplus ≈ 1e-26
+    h, h0 = oracles.hvp(x, y, v, batch), oracles.hvp(zero, y, v, batch)
+    lam = math.log1p(math.exp(-0.7))
+    for k in y:
+        torch.testing.assert_close(h[k] - h0[k], lam * v[k])
+
+
+def test_reg_kind_l2_norm_is_the_unsquared_penalty():
+    x, y, v, batch = tiny_case()
+    lam = math.log1p(math.exp(-0.7))
+    g_sq, g_norm = tiny("l2").lower_loss(x, y, batch), tiny("l2_norm").lower_loss(x, y, batch)
+    # (λ/2)·‖y‖ - (λ/2)·‖y‖², the reference's HO penalty (Q1) against the paper's
+    assert float(g_norm - g_sq) == pytest.approx(lam / 2 * (sq(y) ** 0.5 - sq(y)), rel=1e-12)
+    s = float(torch.sigmoid(x["lambda_raw"]))
+    jv = Oracles(tiny("l2_norm")).cross(x, y, v, batch)["lambda_raw"]
+    dot = sum(float((y[k] * v[k]).sum()) for k in y)
+    assert float(jv) == pytest.approx(s * dot / (2 * sq(y) ** 0.5), rel=1e-12)
+    # lambda_map=identity: λ = x (the reference; may be negative)
+    ident = tiny("l2", "identity").lower_loss(x, y, batch)
+    assert float(ident - g_sq) == pytest.approx((-0.7 - lam) / 2 * sq(y), rel=1e-12)
+    with pytest.raises(ValueError, match="reg_kind"):
+        HPO({}, {}, reg_kind="l1")
+
+
+SMALL = [
+    "task=hpo",
+    "scale.max_train=1000",
+    "task.val_size=300",
+    "task.n_test=500",
+    "task.eval_size=500",
+    "task.batch_size=32",
+    "task.val_batch_size=32",
+]
+
+
+def build(*overrides: str):
+    cfg = compose([*SMALL, *overrides])
+    task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
+    x, y = task.init_params(torch.Generator().manual_seed(1))
+    problem = Problem(task, torch.Generator().manual_seed(0))
+    return task, algo, problem, algo.init(problem, x, y)
+
+
+@needs_data
+def test_splits_are_disjoint_and_seeded():
+    task, _, problem, state = build("algorithm=soba")
+    assert (task.n_train, len(task.val), len(task.test)) == (1000, 300, 500)
+    assert task.steps_per_epoch == 32
+    train_rows = set(task.train.tensors["index"].tolist())
+    assert not train_rows & set(task.val.tensors["index"].tolist())
+    upper = problem.upper_batch().data
+    assert set(upper["index"].tolist()) <= set(task.val.tensors["index"].tolist())
+    again, _, _, _ = build("algorithm=soba")
+    assert torch.equal(again.val.tensors["index"], task.val.tensors["index"])
+    metrics = task.evaluate(state.x, state.y)
+    assert metrics["l2_coef"] == pytest.approx(math.log1p(math.exp(-7.0)), rel=1e-5)
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # StocBiO's SGD on x: σ(x)·⟨y, v⟩ is ~1e-3 at x = -7, hence the large upper lr
+        ("algorithm=stocbio", "algorithm.upper.lr=100.0"),
+        ("algorithm=bo_rep",),  # normalized momentum: steps of the upper lr whatever the scale
+    ],
+)
+def test_two_algorithms_run_on_amazon(overrides):
+    task, algo, problem, state = build(*overrides, "algorithm.lower.lr=0.5")
+    x0 = float(state.x["lambda_raw"])
+    first = task.evaluate(state.x, state.y)
+    for _ in range(8):
+        state = algo.step(problem, state)
+    last = task.evaluate(state.x, state.y)
+    assert all(math.isfinite(v) for v in last.values())
+    assert float(state.x["lambda_raw"]) != x0
+    assert last["lower_loss"] < first["lower_loss"]

@@ -6,21 +6,14 @@ from __future__ import annotations
 import math
 
 import pytest
+import text_tasks
 import torch
-from hydra.utils import instantiate
+from text_tasks import needs_data
 
 from bilevel.app.config import compose
-from bilevel.data import positive_ratio, resolve_data_dir
+from bilevel.data import positive_ratio
 from bilevel.oracles import Batch
-from bilevel.problem import Problem
 from bilevel.tasks.auc import roc_auc
-
-try:
-    resolve_data_dir(None)
-    HAVE_DATA = True
-except Exception:
-    HAVE_DATA = False
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="shared/data is not beside the repository")
 
 SMALL = ["task=auc", "scale.max_train=1000", "task.eval_size=500", "trainer.progress=false"]
 # α is one scalar with ∇²g = 2p(1−p) = 0.32: lower and Neumann steps of 1.0 (not the DC rows'
@@ -29,11 +22,7 @@ SCALAR_LR = ["algorithm.lower.lr=1.0"]
 
 
 def build(*overrides: str):
-    cfg = compose([*SMALL, *overrides])
-    task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
-    x, y = task.init_params(torch.Generator().manual_seed(1))
-    problem = Problem(task, torch.Generator().manual_seed(0))
-    return task, algo, problem, algo.init(problem, x, y)
+    return text_tasks.build(*SMALL, *overrides)
 
 
 def lower_error(task, algo, state) -> float:

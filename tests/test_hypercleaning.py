@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import text_tasks
 import torch
-from hydra.utils import instantiate
+from text_tasks import needs_data
 
-from bilevel.app.config import compose
-from bilevel.data import resolve_data_dir
-from bilevel.problem import Problem
 from bilevel.tasks.hypercleaning import cleaning_auc
-
-try:
-    resolve_data_dir(None)
-    HAVE_DATA = True
-except Exception:
-    HAVE_DATA = False
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="shared/data is not beside the repository")
 
 SMALL = [
     "task=hypercleaning",
@@ -30,11 +21,7 @@ SMALL = [
 
 
 def build(*overrides: str):
-    cfg = compose([*SMALL, *overrides])
-    task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
-    x, y = task.init_params(torch.Generator().manual_seed(1))
-    problem = Problem(task, torch.Generator().manual_seed(0))
-    return task, algo, problem, algo.init(problem, x, y)
+    return text_tasks.build(*SMALL, *overrides)
 
 
 def test_cleaning_auc_is_the_pairwise_probability():

@@ -29,10 +29,21 @@ class PathsConfig:
 
 
 @dataclass
+class TransformerScale:
+    """The transformer's sizes (model=transformer reads them)."""
+
+    hidden: int = 768
+    layers: int = 8
+    heads: int = 8
+    ffn: int = 2048
+
+
+@dataclass
 class ScaleConfig:
     name: str = "small"
     hidden_size: int = 128
     max_train: int | None = 4000  # training samples of the real tasks (None: all)
+    transformer: TransformerScale = field(default_factory=lambda: TransformerScale())
 
 
 @dataclass

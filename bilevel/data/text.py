@@ -160,7 +160,9 @@ def build_vocab(
     """A Vocab of the texts of ``fields`` of a (training) Dataset, or of an iterable of texts."""
     tok = tokenizer or Tokenizer()
     if isinstance(data, datasets.Dataset):
-        texts: Iterable[str] = (t for f in fields for t in data[f])
+        # whole columns through Arrow: iterating ``data[f]`` formats row by row (10x slower)
+        arrow = data.with_format("arrow")
+        texts: Iterable[str] = (t for f in fields for t in arrow[f].to_pylist())
     else:
         texts = data
     return Vocab.build((tok(t) for t in texts), min_freq, max_size, specials)

@@ -68,14 +68,18 @@ def _sizes(hidden: Sequence[int] | int | None) -> list[int]:
 
 
 class SentenceClassifier(nn.Module):
-    """``head(encoder(ids, lengths))``: parameters ``encoder.*`` and ``head.*``."""
+    """``head(encoder(ids, lengths))``: parameters ``encoder.*`` and ``head.*``;
+    ``features_only=True`` returns the head's input (the sentence representation)."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
 
-    def forward(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.head(self.encoder(ids, lengths))
+    def forward(
+        self, ids: Tensor, lengths: Tensor | None = None, features_only: bool = False
+    ) -> Tensor:
+        features = self.encoder(ids, lengths)
+        return features if features_only else self.head(features)
 
 
 class NLIModel(nn.Module):
@@ -141,9 +145,11 @@ class NLIModel(nn.Module):
         premise_lengths: Tensor,
         hypothesis: Tensor,
         hypothesis_lengths: Tensor,
+        features_only: bool = False,
     ) -> Tensor:
+        """Logits, or with ``features_only`` the head's input (after the projection)."""
         u, v = self.encode_pair(premise, premise_lengths, hypothesis, hypothesis_lengths)
         features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
         if self.projection is not None:
             features = self.projection(features)
-        return self.head(features)
+        return features if features_only else self.head(features)

@@ -44,9 +44,8 @@ from torch import Tensor
 
 from bilevel.data import imbalance, positive_ratio
 from bilevel.oracles import Batch
-from bilevel.tasks.base import Task
 from bilevel.tasks.hypercleaning import cleaning_auc
-from bilevel.tasks.text import forward, make_model, prepare
+from bilevel.tasks.text import TextTask
 from bilevel.tree import Params
 
 SCALARS = ("a", "b")
@@ -57,7 +56,7 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
     return cleaning_auc(scores, labels != 1)
 
 
-class DeepAUC(Task):
+class DeepAUC(TextTask):
     def __init__(
         self,
         dataset: dict[str, Any],
@@ -78,18 +77,12 @@ class DeepAUC(Task):
             raise ValueError(
                 f"deep AUC needs a binary dataset, got n_classes={dataset['n_classes']}"
             )
-        self.model_cfg, self.imratio, self.margin = dict(model), imratio, margin
+        self.imratio, self.margin = imratio, margin
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.eval_size, self.eval_chunk = eval_size, eval_chunk
-        self.data = prepare(
-            dataset,
-            data_dir,
-            max_len,
-            {"train": dataset["train_split"], "test": dataset["test_split"]},
-            {"train": n_train, "test": n_test},
-            instance_seed,
-        )
-        pool = self.data.splits["train"]
+        pool = self.load(
+            dataset, model, data_dir, max_len, {"train": n_train, "test": n_test}, instance_seed
+        ).splits["train"]
         gen = torch.Generator().manual_seed(instance_seed + 11)
         order = torch.randperm(len(pool), generator=gen)
         halves = order[: len(pool) // 2], order[len(pool) // 2 :]
@@ -102,25 +95,9 @@ class DeepAUC(Task):
         self.p = positive_ratio(self.train.labels)  # the whole training split (Q23/Q40)
         self.n_train = len(self.train)
         self.steps_per_epoch = math.ceil(self.n_train / batch_size)
-        self.module = None
-
-    def to(self, device):
-        super().to(device)
-        self.train, self.val, self.test = (
-            s.to(self.device) for s in (self.train, self.val, self.test)
-        )
-        if self.module is not None:
-            self.module.to(self.device)
-        return self
 
     def init_params(self, generator):
-        self.module = make_model(self.model_cfg, self.data, generator).to(self.device)
-        self._forward = forward(self.module)
-        x = {
-            k: v.detach().clone().requires_grad_()
-            for k, v in self.module.named_parameters()
-            if v.requires_grad
-        }
+        x = {k: v.requires_grad_() for k, v in self.build_model(generator).items()}
         for k in SCALARS:
             x[k] = torch.zeros((), device=self.device, requires_grad=True)
         return x, {"alpha": torch.zeros((), device=self.device, requires_grad=True)}
@@ -164,15 +141,11 @@ class DeepAUC(Task):
         return {"alpha": self._cross(h, labels) / (self.p * (1 - self.p))}
 
     # -- sampling ------------------------------------------------------------------------------
-    def _draw(self, split, n: int, generator: torch.Generator) -> Batch:
-        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
-        return Batch(split.gather(idx), n)
-
     def sample_lower(self, generator):
-        return self._draw(self.train, self.batch_size, generator)
+        return Batch(self.draw(self.train, self.batch_size, generator), self.batch_size)
 
     def sample_upper(self, generator):
-        return self._draw(self.val, self.val_batch_size, generator)
+        return Batch(self.draw(self.val, self.val_batch_size, generator), self.val_batch_size)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _all_scores(self, x: Params, split, n: int) -> tuple[Tensor, Tensor]:

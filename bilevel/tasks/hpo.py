@@ -38,12 +38,11 @@ from torch.nn import functional as F
 from bilevel import tree
 from bilevel.data import split_train_val
 from bilevel.oracles import Batch
-from bilevel.tasks.base import Task
-from bilevel.tasks.text import forward, make_model, prepare
+from bilevel.tasks.text import TextTask
 from bilevel.tree import Params
 
 
-class HPO(Task):
+class HPO(TextTask):
     def __init__(
         self,
         dataset: dict[str, Any],
@@ -65,43 +64,21 @@ class HPO(Task):
             raise ValueError(f"unknown reg_kind {reg_kind!r}; choose from l2, l2_norm")
         if lambda_map not in ("softplus", "identity"):
             raise ValueError(f"unknown lambda_map {lambda_map!r}; choose softplus or identity")
-        self.model_cfg, self.eval_size = dict(model), eval_size
+        self.eval_size = eval_size
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.x_init, self.lambda_map, self.reg_kind = x_init, lambda_map, reg_kind
         total = None if n_train is None else n_train + val_size
-        self.data = prepare(
-            dataset,
-            data_dir,
-            max_len,
-            {"train": dataset["train_split"], "test": dataset["test_split"]},
-            {"train": total, "test": n_test},
-            instance_seed,
-        )
-        pool = self.data.splits["train"]
+        pool = self.load(
+            dataset, model, data_dir, max_len, {"train": total, "test": n_test}, instance_seed
+        ).splits["train"]
         train_idx, val_idx = split_train_val(len(pool), val_size, instance_seed)
         self.train, self.val = pool.subset(train_idx), pool.subset(val_idx)
         self.test = self.data.splits["test"]
         self.n_train = len(self.train)
         self.steps_per_epoch = math.ceil(self.n_train / batch_size)
-        self.module = None
-
-    def to(self, device):
-        super().to(device)
-        self.train, self.val, self.test = (
-            s.to(self.device) for s in (self.train, self.val, self.test)
-        )
-        if self.module is not None:
-            self.module.to(self.device)
-        return self
 
     def init_params(self, generator):
-        self.module = make_model(self.model_cfg, self.data, generator).to(self.device)
-        self._forward = forward(self.module)
-        y = {
-            k: v.detach().clone().requires_grad_()
-            for k, v in self.module.named_parameters()
-            if v.requires_grad
-        }
+        y = {k: v.requires_grad_() for k, v in self.build_model(generator).items()}
         x = {"lambda_raw": torch.tensor(float(self.x_init), device=self.device)}
         return x, y
 
@@ -128,29 +105,22 @@ class HPO(Task):
         return F.cross_entropy(self._logits(y, d), d["label"])
 
     # -- sampling ------------------------------------------------------------------------------
-    def _draw(self, split, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
-        return split.gather(idx)
-
     def sample_lower(self, generator):
-        return Batch(self._draw(self.train, self.batch_size, generator), self.batch_size)
+        return Batch(self.draw(self.train, self.batch_size, generator), self.batch_size)
 
     def sample_upper(self, generator):
-        return Batch(self._draw(self.val, self.val_batch_size, generator), self.val_batch_size)
+        return Batch(self.draw(self.val, self.val_batch_size, generator), self.val_batch_size)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def _first(self, split) -> dict[str, Tensor]:
-        return split.gather(torch.arange(min(len(split), self.eval_size), device=self.device))
-
     def _accuracy_and_loss(self, y: Params, split) -> tuple[float, float]:
-        data = self._first(split)
+        data = self.head_rows(split, self.eval_size)
         with torch.no_grad():
             logits = self._logits(y, data)
         acc = (logits.argmax(-1) == data["label"]).float().mean()
         return float(acc), float(F.cross_entropy(logits, data["label"]))
 
     def evaluate(self, x, y):
-        first = self._first(self.train)
+        first = self.head_rows(self.train, self.eval_size)
         with torch.no_grad():
             lower = float(self.lower_loss(x, y, Batch(first, len(first["label"]))))
         train_acc, train_loss = self._accuracy_and_loss(y, self.train)

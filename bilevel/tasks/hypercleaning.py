@@ -28,13 +28,12 @@ from torch.nn import functional as F
 
 from bilevel.data import PerAccessNoise, hypercleaning_split
 from bilevel.oracles import Batch
-from bilevel.tasks.base import Task
 from bilevel.tasks.regularizers import regularizer
-from bilevel.tasks.text import forward, make_model, prepare
+from bilevel.tasks.text import TextTask
 from bilevel.tree import Params
 
 
-class HyperCleaning(Task):
+class HyperCleaning(TextTask):
     def __init__(
         self,
         dataset: dict[str, Any],
@@ -55,20 +54,14 @@ class HyperCleaning(Task):
         data_dir: str | None = None,
         instance_seed: int = 0,
     ):
-        self.model_cfg, self.noise_rate, self.batch_size = dict(model), noise_rate, batch_size
+        self.noise_rate, self.batch_size = noise_rate, batch_size
         self.val_batch_size, self.x_init, self.lower_params = val_batch_size, x_init, lower_params
         self.reg = {"kind": "l2", "coef": 1e-4, "p": 2.0, **(reg or {})}
         self.noise_mode, self.upper_data, self.eval_size = noise_mode, upper_data, eval_size
         total = None if n_train is None else n_train + val_size
-        self.data = prepare(
-            dataset,
-            data_dir,
-            max_len,
-            {"train": dataset["train_split"], "test": dataset["test_split"]},
-            {"train": total, "test": n_test},
-            instance_seed,
-        )
-        train = self.data.splits["train"]
+        train = self.load(
+            dataset, model, data_dir, max_len, {"train": total, "test": n_test}, instance_seed
+        ).splits["train"]
         split = hypercleaning_split(
             train.labels, self.data.n_classes, noise_rate, val_size, instance_seed
         )
@@ -85,26 +78,16 @@ class HyperCleaning(Task):
         self.n_train = len(self.train)
         self.steps_per_epoch = math.ceil(self.n_train / batch_size)
         self.eval_gen_seed = instance_seed + 7
-        self.module = None
         self.frozen: Params = {}
 
     def to(self, device):
         super().to(device)
-        self.train, self.val, self.test = (
-            s.to(self.device) for s in (self.train, self.val, self.test)
-        )
         self.clean_labels = self.clean_labels.to(self.device)
         self.is_corrupted = self.is_corrupted.to(self.device)
-        if self.module is not None:
-            self.module.to(self.device)
         return self
 
     def init_params(self, generator):
-        self.module = make_model(self.model_cfg, self.data, generator).to(self.device)
-        self._forward = forward(self.module)
-        params = {
-            k: v.detach().clone() for k, v in self.module.named_parameters() if v.requires_grad
-        }
+        params = self.build_model(generator)
         if self.lower_params == "head":
             y = {k: v for k, v in params.items() if k.startswith("head.")}
             self.frozen = {k: v for k, v in params.items() if k not in y}
@@ -130,12 +113,8 @@ class HyperCleaning(Task):
         return F.cross_entropy(self._logits(y, d), d["label"])
 
     # -- sampling ------------------------------------------------------------------------------
-    def _draw(self, split, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
-        return split.gather(idx)
-
     def sample_lower(self, generator):
-        data = self._draw(self.train, self.batch_size, generator)
+        data = self.draw(self.train, self.batch_size, generator)
         if self.noise_mode == "per_access":
             clean = self.clean_labels[data["index"]]
             data["label"] = self.per_access(clean, generator)
@@ -144,22 +123,20 @@ class HyperCleaning(Task):
     def sample_upper(self, generator):
         if self.upper_data == "noisy_train":
             return self.sample_lower(generator)
-        return Batch(self._draw(self.val, self.val_batch_size, generator), self.val_batch_size)
+        return Batch(self.draw(self.val, self.val_batch_size, generator), self.val_batch_size)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _accuracy_and_loss(self, y: Params, split, labels: Tensor | None = None):
-        n = min(len(split), self.eval_size)
-        idx = torch.arange(n, device=self.device)
-        data = split.gather(idx)
-        target = data["label"] if labels is None else labels[idx]
+        data = self.head_rows(split, self.eval_size)
+        target = data["label"] if labels is None else labels[: len(data["label"])]
         with torch.no_grad():
             logits = self._logits(y, data)
         acc = (logits.argmax(-1) == target).float().mean()
         return float(acc), float(F.cross_entropy(logits, target))
 
     def evaluate(self, x, y):
-        n = min(self.n_train, self.eval_size)
-        first = Batch(self.train.gather(torch.arange(n, device=self.device)), n)
+        rows = self.head_rows(self.train, self.eval_size)
+        first = Batch(rows, len(rows["label"]))
         with torch.no_grad():
             lower = float(self.lower_loss(x, y, first))  # g on a fixed slice of the noisy data
         train_acc, train_loss = self._accuracy_and_loss(y, self.train, self.clean_labels)

@@ -7,6 +7,8 @@ by the ``model`` group (``bilevel.models.build_model`` keys). Tasks call :func:`
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,23 +29,36 @@ from bilevel.data import (
     resolve_data_dir,
 )
 from bilevel.models import build_model, functional
+from bilevel.tasks.base import Task
+from bilevel.tree import Params
 
-# BO-REP's hyperparameter-optimization test domains (spec BOREP-SLIP-ADAMBO §4.3); the Amazon
-# file has no split field, so "train" is every other domain and "test" these eight.
+# BO-REP's test domains (spec BOREP-SLIP-ADAMBO §4.2, §4.3). The Amazon file has no split field:
+# a split is a set of domains. HPO: "test" = the eight HO domains, "train" = every other domain;
+# hyper-representation: "test_lowres" = the three low-resource domains, "train_lowres" = the rest.
+AMAZON_LOWRES_DOMAINS = ("office_products", "automotive", "computer_&_video_games")
 AMAZON_TEST_DOMAINS = (
-    *("office_products", "automotive", "computer_&_video_games", "outdoor_living"),
-    *("software", "sports_&_outdoors", "toys_&_games", "video"),
+    *AMAZON_LOWRES_DOMAINS,
+    *("outdoor_living", "software", "sports_&_outdoors", "toys_&_games", "video"),
 )
+AMAZON_SPLITS = {
+    "train": (AMAZON_TEST_DOMAINS, False),
+    "test": (AMAZON_TEST_DOMAINS, True),
+    "train_lowres": (AMAZON_LOWRES_DOMAINS, False),
+    "test_lowres": (AMAZON_LOWRES_DOMAINS, True),
+}
 
 
 def _load_amazon_split(split: str, data_dir=None, hub_id=None):
-    """Amazon ``split`` in {train, test}, split by domain (AMAZON_TEST_DOMAINS)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown Amazon split {split!r} (expected train or test)")
+    """Amazon ``split`` (a key of AMAZON_SPLITS), with ``domain_id``: the domain's position in
+    the sorted list of the file's domains (for episodes drawn within one domain)."""
+    if split not in AMAZON_SPLITS:
+        raise ValueError(f"unknown Amazon split {split!r}; choose from {', '.join(AMAZON_SPLITS)}")
     ds = load_amazon(data_dir=data_dir, hub_id=hub_id)
-    test = set(AMAZON_TEST_DOMAINS)
-    keep = [(d in test) == (split == "test") for d in ds["domain"]]
-    return ds.select([i for i, k in enumerate(keep) if k])
+    domains, inside = AMAZON_SPLITS[split]
+    names = ds.with_format("arrow")["domain"].to_pylist()
+    code = {d: i for i, d in enumerate(sorted(set(names)))}
+    keep = [i for i, d in enumerate(names) if (d in domains) == inside]
+    return ds.add_column("domain_id", [code[d] for d in names]).select(keep)
 
 
 LOADERS = {
@@ -66,6 +81,10 @@ class TextData:
     glove_coverage: float | None
 
 
+_PREPARED: OrderedDict[str, TextData] = OrderedDict()
+_PREPARED_SIZE = 4
+
+
 def prepare(
     dataset: dict[str, Any],
     data_dir: str | None,
@@ -74,9 +93,36 @@ def prepare(
     limit: dict[str, int | None],
     seed: int,
     cache_dir: str | None = None,
+    specials: tuple[str, ...] = (),
+    extra_columns: tuple[str, ...] = (),
 ) -> TextData:
     """Load ``splits`` (role -> split name) of ``dataset``, keep at most ``limit[role]`` rows
-    (a seeded random subset), build the vocabulary on the ``train`` role, encode and pad."""
+    (a seeded random subset), build the vocabulary on the ``train`` role (with ``specials``
+    after ``<pad>``, ``<unk>``), encode and pad (keeping the numeric ``extra_columns``).
+
+    The result is kept for the process (the last few argument sets): a sweep or a test that
+    builds the same task again reuses it. Tasks never modify a TextData in place."""
+    args = (dataset, data_dir, max_len, splits, limit, seed, cache_dir, specials, extra_columns)
+    key = json.dumps(args, sort_keys=True, default=str)
+    if key not in _PREPARED:
+        _PREPARED[key] = _prepare(*args)
+        while len(_PREPARED) > _PREPARED_SIZE:
+            _PREPARED.popitem(last=False)
+    _PREPARED.move_to_end(key)
+    return _PREPARED[key]
+
+
+def _prepare(
+    dataset: dict[str, Any],
+    data_dir: str | None,
+    max_len: int,
+    splits: dict[str, str],
+    limit: dict[str, int | None],
+    seed: int,
+    cache_dir: str | None = None,
+    specials: tuple[str, ...] = (),
+    extra_columns: tuple[str, ...] = (),
+) -> TextData:
     name = dataset["name"]
     if name not in LOADERS:
         raise ValueError(
@@ -97,11 +143,14 @@ def prepare(
         fields=fields,
         min_freq=dataset.get("min_freq", 1),
         max_size=dataset.get("vocab_size"),
+        specials=specials,
     )
     padded = {}
     for role, ds in raw.items():
         enc = encode(ds, vocab, fields, max_len=max_len, cache_dir=cache_dir)
-        padded[role] = PaddedSplit.from_dataset(enc, fields, max_len=max_len)
+        padded[role] = PaddedSplit.from_dataset(
+            enc, fields, max_len=max_len, extra_columns=extra_columns
+        )
     embeddings, coverage = None, None
     if dataset.get("glove"):
         glove = glove_embeddings(vocab, Path(root) / dataset["glove"], seed=seed)
@@ -113,14 +162,25 @@ def make_model(model: dict[str, Any], data: TextData, generator: torch.Generator
     """The ``model`` config built for ``data`` (vocabulary size, GloVe embeddings, classes)."""
     cfg = dict(model)
     kind = cfg.pop("kind")
+    token = cfg.pop("cls_token", None)
+    if token is not None:  # a transformer's [CLS]: a special of the vocabulary (model_specials)
+        if token not in data.vocab:
+            raise ValueError(f"model.cls_token={token!r} is not in the vocabulary")
+        cfg["cls_id"] = data.vocab.stoi[token]
     if data.embeddings is not None and cfg.pop("glove", True):
-        cfg["embeddings"] = data.embeddings
+        cfg["embeddings"] = data.embeddings.clone()  # TextData is shared (prepare's memo)
         cfg["embed_dim"] = data.embeddings.shape[1]
     else:
         cfg.pop("glove", None)
     return build_model(
         kind, n_classes=data.n_classes, vocab_size=len(data.vocab), generator=generator, **cfg
     )
+
+
+def model_specials(model: dict[str, Any]) -> tuple[str, ...]:
+    """Vocabulary specials a model needs (a transformer's ``cls_token``, prepended to inputs)."""
+    token = model.get("cls_token")
+    return (token,) if token else ()
 
 
 def model_inputs(fields: tuple[str, ...], batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
@@ -135,7 +195,74 @@ def forward(model: nn.Module):
     """``(params, fields, batch) -> logits`` through ``torch.func.functional_call``."""
     call = functional(model)
 
-    def run(params: dict[str, Tensor], fields: tuple[str, ...], batch: dict[str, Tensor]):
-        return call(params, *model_inputs(fields, batch))
+    def run(
+        params: dict[str, Tensor], fields: tuple[str, ...], batch: dict[str, Tensor], **kw: Any
+    ):
+        return call(params, *model_inputs(fields, batch), **kw)
 
     return run
+
+
+class TextTask(Task):
+    """Plumbing shared by the text tasks (hyper-cleaning, hyper-representation, deep AUC, HPO):
+    the dataset prepared once, the model, device moves of the splits, uniform batch draws.
+
+    A subclass calls :meth:`load` in ``__init__``, sets ``self.train`` / ``self.test`` (and
+    ``self.val`` when it has one) and calls :meth:`build_model` in ``init_params``."""
+
+    train: PaddedSplit
+    test: PaddedSplit
+    val: PaddedSplit | None = None
+    module: nn.Module | None = None
+
+    def load(
+        self,
+        dataset: dict[str, Any],
+        model: dict[str, Any],
+        data_dir: str | None,
+        max_len: int,
+        limits: dict[str, int | None],
+        seed: int,
+        splits: dict[str, str] | None = None,
+        extra_columns: tuple[str, ...] = (),
+    ) -> TextData:
+        """Prepare the dataset's train / test splits (or ``splits``: role -> split name), at
+        most ``limits[role]`` rows each, for the ``model`` config."""
+        self.model_cfg = dict(model)
+        roles = splits or {"train": dataset["train_split"], "test": dataset["test_split"]}
+        self.data = prepare(
+            dataset,
+            data_dir,
+            max_len,
+            roles,
+            limits,
+            seed,
+            specials=model_specials(model),
+            extra_columns=extra_columns,
+        )
+        return self.data
+
+    def to(self, device):
+        super().to(device)
+        for name in ("train", "val", "test"):
+            split = getattr(self, name, None)
+            if split is not None:
+                setattr(self, name, split.to(self.device))
+        if self.module is not None:
+            self.module.to(self.device)
+        return self
+
+    def build_model(self, generator: torch.Generator) -> Params:
+        """Build the model on the device; detached copies of its trainable parameters."""
+        self.module = make_model(self.model_cfg, self.data, generator).to(self.device)
+        self._forward = forward(self.module)
+        return {k: v.detach().clone() for k, v in self.module.named_parameters() if v.requires_grad}
+
+    def draw(self, split: PaddedSplit, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """``n`` rows of ``split`` uniformly with replacement (indices from the CPU generator)."""
+        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
+        return split.gather(idx)
+
+    def head_rows(self, split: PaddedSplit, n: int) -> dict[str, Tensor]:
+        """The first ``n`` rows of ``split`` (fixed evaluation slices)."""
+        return split.gather(torch.arange(min(len(split), n), device=self.device))

@@ -80,9 +80,11 @@ def test_alpha_star_is_the_minimiser_of_g():
 
 
 @needs_data
-@pytest.mark.parametrize("algorithm", ["stocbio", "ma_soba"])
-def test_two_algorithms_run_with_finite_losses_and_falling_lower_error(algorithm):
-    task, algo, problem, state = build(f"algorithm={algorithm}", *SCALAR_LR)
+@pytest.mark.parametrize(
+    "algorithm,model", [("stocbio", "rnn"), ("ma_soba", "rnn"), ("adambo", "transformer")]
+)
+def test_two_algorithms_run_with_finite_losses_and_falling_lower_error(algorithm, model):
+    task, algo, problem, state = build(f"algorithm={algorithm}", f"model={model}", *SCALAR_LR)
     first, err0 = task.evaluate(state.x, state.y), lower_error(task, algo, state)
     for _ in range(20):
         state = algo.step(problem, state)
@@ -90,9 +92,10 @@ def test_two_algorithms_run_with_finite_losses_and_falling_lower_error(algorithm
     err = lower_error(task, algo, state)
     assert all(math.isfinite(v) for v in last.values()), last
     assert {"train_auc", "val_auc", "test_auc", "upper_loss", "lower_loss"} <= set(last)
-    # measured (20 steps): stocbio |α−α*| 0.999 -> 0.004, ma_soba 0.999 -> 0.086
-    assert err0 > 0.9 and err < 0.2 * err0
-    assert first["alpha"] == 0.0 and last["alpha"] > 0.5
+    # measured (20 steps): stocbio |α−α*| 0.999 -> 0.004, ma_soba 0.999 -> 0.086,
+    # adambo (transformer, α after the warm start 0.78) 0.22 -> 1e-4
+    assert err0 > 0.1 and err < 0.2 * err0
+    assert last["alpha"] > 0.5
 
 
 @needs_data

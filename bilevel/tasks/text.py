@@ -7,11 +7,13 @@ by the ``model`` group (``bilevel.models.build_model`` keys). Tasks call :func:`
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +63,8 @@ def _load_amazon_split(split: str, data_dir=None, hub_id=None):
     return ds.add_column("domain_id", [code[d] for d in names]).select(keep)
 
 
+T = TypeVar("T")
+
 LOADERS = {
     "snli": load_snli,
     "sentiment140": load_sentiment140,
@@ -81,10 +85,28 @@ class TextData:
     glove_coverage: float | None
 
 
-_PREPARED: OrderedDict[str, TextData] = OrderedDict()
-_PREPARED_SIZE = 4
+def memoised(size: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Keep the results of the last ``size`` distinct calls (arguments compared as JSON)."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        kept: OrderedDict[str, T] = OrderedDict()
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> T:
+            key = json.dumps([args, kwargs], sort_keys=True, default=str)
+            if key not in kept:
+                kept[key] = fn(*args, **kwargs)
+                while len(kept) > size:
+                    kept.popitem(last=False)
+            kept.move_to_end(key)
+            return kept[key]
+
+        return call
+
+    return wrap
 
 
+@memoised(4)
 def prepare(
     dataset: dict[str, Any],
     data_dir: str | None,
@@ -100,29 +122,8 @@ def prepare(
     (a seeded random subset), build the vocabulary on the ``train`` role (with ``specials``
     after ``<pad>``, ``<unk>``), encode and pad (keeping the numeric ``extra_columns``).
 
-    The result is kept for the process (the last few argument sets): a sweep or a test that
-    builds the same task again reuses it. Tasks never modify a TextData in place."""
-    args = (dataset, data_dir, max_len, splits, limit, seed, cache_dir, specials, extra_columns)
-    key = json.dumps(args, sort_keys=True, default=str)
-    if key not in _PREPARED:
-        _PREPARED[key] = _prepare(*args)
-        while len(_PREPARED) > _PREPARED_SIZE:
-            _PREPARED.popitem(last=False)
-    _PREPARED.move_to_end(key)
-    return _PREPARED[key]
-
-
-def _prepare(
-    dataset: dict[str, Any],
-    data_dir: str | None,
-    max_len: int,
-    splits: dict[str, str],
-    limit: dict[str, int | None],
-    seed: int,
-    cache_dir: str | None = None,
-    specials: tuple[str, ...] = (),
-    extra_columns: tuple[str, ...] = (),
-) -> TextData:
+    Memoised for the process: a sweep or a test that builds the same task again reuses the
+    result (tasks never modify a TextData in place)."""
     name = dataset["name"]
     if name not in LOADERS:
         raise ValueError(

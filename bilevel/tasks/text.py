@@ -106,7 +106,7 @@ def memoised(size: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return wrap
 
 
-@memoised(4)
+@memoised(8)
 def prepare(
     dataset: dict[str, Any],
     data_dir: str | None,

@@ -85,7 +85,7 @@ def test_alpha_star_is_the_minimiser_of_g():
 )
 def test_two_algorithms_run_with_finite_losses_and_falling_lower_error(algorithm, model):
     task, algo, problem, state = build(f"algorithm={algorithm}", f"model={model}", *SCALAR_LR)
-    first, err0 = task.evaluate(state.x, state.y), lower_error(task, algo, state)
+    err0 = lower_error(task, algo, state)
     for _ in range(20):
         state = algo.step(problem, state)
     last = task.evaluate(state.x, algo.lower_point(state))

@@ -103,3 +103,39 @@ def test_reference_option_unsquared_l2():
     sq_y = sum(float(v.square().sum()) for v in y.values())
     diff = float(norm.lower_loss(state.x, y, batch) - sq.lower_loss(state.x, y, batch))
     assert diff == pytest.approx(0.5 * sq_y**0.5 - 0.25 * sq_y, rel=1e-4)
+
+
+# The machinery check of issue 4: unchanged SOBA (learning rates only) on noisy SNLI (ρ = 0.4)
+# learns per-sample weights σ(λ_i) that rank clean above corrupted training samples. y = a
+# linear head on the frozen, randomly initialised LSTM encoder (`lower_params=head`, `fc=[]`):
+# a convex lower level, where H⁻¹ in the hypergradient is meaningful. With y = the whole LSTM
+# at this scale the AUC stays ≈ 0.5 (the per-sample influence ⟨∇CE_i, ∇f⟩ has AUC 0.49 there,
+# the Hessian is indefinite). 1000 training samples so that each λ_i is visited ≈ 90 times in
+# 700 steps of 128; a large clean validation split (12000) for f.
+CLEANING = [
+    "task=hypercleaning",
+    "algorithm=soba",
+    "task.noise_rate=0.4",
+    "task.lower_params=head",
+    "model.fc=[]",
+    "scale.hidden_size=256",
+    "task.max_len=24",
+    "scale.max_train=1000",
+    "task.val_size=12000",
+    "task.n_test=200",
+    "algorithm.lower.lr=0.5",
+    "algorithm.lower.warm_start_with={_target_:bilevel.lower.SGD,lr:0.5,steps:100}",
+    "algorithm.estimator.lr=1.0",
+    "algorithm.upper.lr=300",
+]
+
+
+@needs_data
+def test_learned_weights_separate_corrupted_from_clean_samples():
+    # measured, 700 steps: ROC-AUC 0.748 / 0.750 / 0.749 for run seeds 0 / 1 / 2 (65 s on 2
+    # free cores; 105 s on one thread)
+    task, algo, problem, state = text_tasks.build(*CLEANING)
+    assert cleaning_auc(state.x["logits"], task.is_corrupted) == 0.5  # λ₀ = 0: all tied
+    for _ in range(700):
+        state = algo.step(problem, state)
+    assert cleaning_auc(state.x["logits"].detach(), task.is_corrupted) >= 0.7

@@ -98,7 +98,10 @@ class HPO(TextTask):
 
     def lower_loss(self, x, y, batch):
         d = batch.data
-        return F.cross_entropy(self._logits(y, d), d["label"]) + self.coef(x) * self.penalty(y)
+        return self._lower(x, y, self._logits(y, d), d["label"])
+
+    def _lower(self, x: Params, y: Params, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels) + self.coef(x) * self.penalty(y)
 
     def upper_loss(self, x, y, batch):
         d = batch.data
@@ -112,20 +115,13 @@ class HPO(TextTask):
         return Batch(self.draw(self.val, self.val_batch_size, generator), self.val_batch_size)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def _accuracy_and_loss(self, y: Params, split) -> tuple[float, float]:
-        data = self.head_rows(split, self.eval_size)
-        with torch.no_grad():
-            logits = self._logits(y, data)
-        acc = (logits.argmax(-1) == data["label"]).float().mean()
-        return float(acc), float(F.cross_entropy(logits, data["label"]))
-
     def evaluate(self, x, y):
-        first = self.head_rows(self.train, self.eval_size)
+        rows, logits = self.scored_rows(y, self.train)
         with torch.no_grad():
-            lower = float(self.lower_loss(x, y, Batch(first, len(first["label"]))))
-        train_acc, train_loss = self._accuracy_and_loss(y, self.train)
-        val_acc, val_loss = self._accuracy_and_loss(y, self.val)
-        test_acc, test_loss = self._accuracy_and_loss(y, self.test)
+            lower = float(self._lower(x, y, logits, rows["label"]))
+        train_acc, train_loss = self.accuracy_and_loss(logits, rows["label"])
+        val_acc, val_loss = self.split_metrics(y, self.val)
+        test_acc, test_loss = self.split_metrics(y, self.test)
         return {
             "upper_loss": val_loss,
             "lower_loss": lower,  # g on a fixed slice of the training part

@@ -101,9 +101,11 @@ class HyperCleaning(TextTask):
         return self._forward({**self.frozen, **y}, self.data.fields, batch)
 
     def lower_loss(self, x, y, batch):
-        d = batch.data
+        return self._lower(x, y, self._logits(y, batch.data), batch.data)
+
+    def _lower(self, x: Params, y: Params, logits: Tensor, d: dict[str, Tensor]) -> Tensor:
         weights = torch.sigmoid(x["logits"][d["index"]])
-        ce = F.cross_entropy(self._logits(y, d), d["label"], reduction="none")
+        ce = F.cross_entropy(logits, d["label"], reduction="none")
         return (weights * ce).mean() + regularizer(
             y, self.reg["coef"], self.reg["kind"], self.reg["p"]
         )
@@ -126,22 +128,14 @@ class HyperCleaning(TextTask):
         return Batch(self.draw(self.val, self.val_batch_size, generator), self.val_batch_size)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def _accuracy_and_loss(self, y: Params, split, labels: Tensor | None = None):
-        data = self.head_rows(split, self.eval_size)
-        target = data["label"] if labels is None else labels[: len(data["label"])]
-        with torch.no_grad():
-            logits = self._logits(y, data)
-        acc = (logits.argmax(-1) == target).float().mean()
-        return float(acc), float(F.cross_entropy(logits, target))
-
     def evaluate(self, x, y):
-        rows = self.head_rows(self.train, self.eval_size)
-        first = Batch(rows, len(rows["label"]))
+        rows, logits = self.scored_rows(y, self.train)  # one forward for g and the train metrics
         with torch.no_grad():
-            lower = float(self.lower_loss(x, y, first))  # g on a fixed slice of the noisy data
-        train_acc, train_loss = self._accuracy_and_loss(y, self.train, self.clean_labels)
-        val_acc, val_loss = self._accuracy_and_loss(y, self.val)
-        test_acc, test_loss = self._accuracy_and_loss(y, self.test)
+            lower = float(self._lower(x, y, logits, rows))  # g on a fixed slice of the noisy data
+        clean = self.clean_labels[: len(rows["label"])]
+        train_acc, train_loss = self.accuracy_and_loss(logits, clean)
+        val_acc, val_loss = self.split_metrics(y, self.val)
+        test_acc, test_loss = self.split_metrics(y, self.test)
         return {
             "upper_loss": val_loss,
             "lower_loss": lower,

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from bilevel.data import (
     PaddedSplit,
@@ -263,6 +264,24 @@ class TextTask(Task):
         """``n`` rows of ``split`` uniformly with replacement (indices from the CPU generator)."""
         idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
         return split.gather(idx)
+
+    def scored_rows(self, y: Params, split: PaddedSplit) -> tuple[dict[str, Tensor], Tensor]:
+        """The first ``eval_size`` rows of ``split`` and the model's logits there (no grad):
+        one forward pass that every metric of those rows shares."""
+        data = self.head_rows(split, self.eval_size)
+        with torch.no_grad():
+            return data, self._logits(y, data)
+
+    @staticmethod
+    def accuracy_and_loss(logits: Tensor, target: Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) of ``logits`` against ``target``."""
+        acc = (logits.argmax(-1) == target).float().mean()
+        return float(acc), float(F.cross_entropy(logits, target))
+
+    def split_metrics(self, y: Params, split: PaddedSplit) -> tuple[float, float]:
+        """(accuracy, cross-entropy) on the first ``eval_size`` rows of ``split``."""
+        data, logits = self.scored_rows(y, split)
+        return self.accuracy_and_loss(logits, data["label"])
 
     def head_rows(self, split: PaddedSplit, n: int) -> dict[str, Tensor]:
         """The first ``n`` rows of ``split`` (fixed evaluation slices)."""

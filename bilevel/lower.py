@@ -103,17 +103,23 @@ class EpochSGD(LowerStrategy):
     the ball of radius D_k = D1/2^{(k−1)/p} around the epoch's start, then restarts from the
     average of its iterates; τ_p = 2(p−1)/p. Epochs continue while the total count stays within
     ``budget`` K (and k < ``max_epochs``). It starts from the current y (the paper), not from a
-    fresh random draw (the released script, quirk Q11).
+    fresh random draw (the released script, quirk Q11). ``p``: the lower level's order of
+    uniform convexity (UniBiO gives it the task's at init).
     """
 
     gamma1: float = 1.0
     T1: int = 5
     D1: float = 1.0
     budget: int = 100
-    p: float = 2.0
+    p: float | None = 2.0  # None: set by the algorithm (UniBiO: the task's order)
     max_epochs: int = 50
 
     def epoch_lengths(self) -> list[int]:
+        if self.p is None:
+            raise ValueError(
+                "EpochSGD.p is None: UniBiO sets it from the task at init; "
+                "elsewhere set the lower level's p"
+            )
         tau = 2 * (self.p - 1) / self.p
         lengths: list[int] = []
         while len(lengths) < self.max_epochs - 1:
@@ -143,7 +149,9 @@ class SNAG(LowerStrategy):
     """Stochastic Nesterov accelerated gradient with averaging (AccBO, Gong–Hao–Liu 2024, Alg. 1).
 
     w = y_t + θ(y_t − y_{t−1});  y_{t+1} = w − lr·∇ᵧg(x, w; B);  ŷ_{t+1} = (1−τ)ŷ_t + τ y_{t+1}.
-    The hypergradient is taken at ŷ (``point``).
+    The hypergradient is taken at ŷ (``point``). As a warm start (AccBO's T0 SNAG steps,
+    ``warm_start_with``) it runs ``steps`` steps from y_{−1} = y and leaves y at its last
+    iterate y_0; the strategy it warm-starts then restarts from y_{−1} = ŷ_0 = y_0.
     """
 
     lr: float = 0.01

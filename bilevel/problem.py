@@ -14,10 +14,20 @@ from bilevel.oracles import Batch, OracleCounter, Oracles
 
 
 class Problem:
-    def __init__(self, task: Any, generator: torch.Generator, counter: OracleCounter | None = None):
+    """``horizon``: the run's length in iterations when it is known (the trainer's
+    ``max_steps``), for schedules that depend on it (TTSA's horizon-dependent steps)."""
+
+    def __init__(
+        self,
+        task: Any,
+        generator: torch.Generator,
+        counter: OracleCounter | None = None,
+        horizon: int | None = None,
+    ):
         self.task = task
         self.generator = generator
         self.oracles = Oracles(task, counter)
+        self.horizon = horizon
 
     def lower_batch(self) -> Batch:
         """A fresh minibatch for g (the lower level)."""

@@ -89,6 +89,8 @@ class Trainer:
     A checkpoint is written every ``checkpoint_every`` steps and when a stop is requested
     (SIGINT/SIGTERM or :meth:`request_stop`); ``resume=True`` continues from it.
     ``callbacks`` are called as ``cb(trainer, state)`` after every step.
+    The algorithm sees the run's length as ``problem.horizon`` = ``max_steps`` (horizon-dependent
+    step sizes, TTSA).
     """
 
     def __init__(
@@ -131,7 +133,8 @@ class Trainer:
         seed_everything(self.seed)
         self.task.to(self.device)
         counter = OracleCounter()
-        problem = Problem(self.task, torch.Generator().manual_seed(self.seed), counter)
+        generator = torch.Generator().manual_seed(self.seed)
+        problem = Problem(self.task, generator, counter, horizon=self.max_steps)
         init_gen = torch.Generator().manual_seed(self.seed + 10_000)
         x, y = self.task.init_params(init_gen)
 
@@ -196,7 +199,8 @@ class Trainer:
         selection, lazy initialisation, allocator growth) are not charged to the algorithm.
         Training state, RNG streams and oracle counts are untouched."""
         saved = _global_rng()
-        scratch = Problem(self.task, torch.Generator().manual_seed(self.seed + 20_000))
+        scratch_gen = torch.Generator().manual_seed(self.seed + 20_000)
+        scratch = Problem(self.task, scratch_gen, horizon=self.max_steps)
         state = self.algorithm.init(scratch, tree.clone(x), tree.clone(y))
         self.algorithm.step(scratch, state)
         self._clock()

@@ -9,6 +9,8 @@ estimator's variance, so their factors are lower.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,6 +18,7 @@ from hydra.utils import instantiate
 from bilevel import tree
 from bilevel.app.config import compose
 from bilevel.problem import Problem
+from bilevel.trainer import Trainer
 
 SMALL = ["task.dim_x=5", "task.dim_y=8", "task.cond=3", "task.mu_x=1.0"]
 NOISY = ["task.noise_std=0.5", "task.batch_size=4"]
@@ -23,12 +26,14 @@ LR = ["algorithm.lower.lr=0.3"]
 
 # name: (overrides, steps, factor deterministic, factor noisy)   measured (det / noisy)
 SETTINGS = {
-    "ttsa": (
-        LR + ["algorithm.upper.lr=0.3", "algorithm.estimator.lr=0.3", "algorithm.estimator.q=10"],
+    "ttsa": (  # T0 = 1: α = 0.3·T^{-3/5}, β = 0.3·T^{-2/5} (constant steps over T = 2000)
+        LR
+        + ["algorithm.upper.lr=0.3", "algorithm.estimator.lr=0.3", "algorithm.estimator.q=10"]
+        + ["algorithm.decay_time=1"],
         2000,
         50,
         20,
-    ),  # 99 / 45
+    ),  # 100 / 45 (the per-iteration decay (t+1)^{-a} from 0.3: 99 / 45)
     "ma_soba": (
         ["algorithm.lower.lr=0.2", "algorithm.upper.lr=0.05", "algorithm.estimator.lr=0.2"],
         1500,
@@ -66,7 +71,7 @@ def run(name: str, overrides: list[str], steps: int, seed: int = 0):
     cfg = compose([f"algorithm={name}", "task=quadratic", *SMALL, *overrides])
     task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
     x, y = task.init_params(torch.Generator().manual_seed(seed + 10_000))
-    problem = Problem(task, torch.Generator().manual_seed(seed))
+    problem = Problem(task, torch.Generator().manual_seed(seed), horizon=steps)
     state = algo.init(problem, x, y)
     start = float(tree.norm(task.hypergrad_true(x)))
     norms = []
@@ -91,10 +96,65 @@ def test_converges_with_gradient_noise(name):
     assert start / end >= factor, f"{name}: {start:.3g} -> {end:.3g}"
 
 
-def test_ttsa_two_time_scales_decay_the_steps():
-    _, _, state = run("ttsa", SETTINGS["ttsa"][0], 9)
-    assert state.upper.param_groups[0]["lr"] == pytest.approx(0.3 / 9**0.6)
-    assert state.lower["lr_scale"] == pytest.approx(1 / 9**0.4)
+def ttsa_steps(horizon: int, ts: list[int], *overrides: str) -> list[tuple[float, float]]:
+    """(α_t, β_t) of TTSA (configs/algorithm/ttsa.yaml, its tuned α0 = 1e-3, β0 = 2e-2) at the
+    iterations ``ts`` of a run of ``horizon`` iterations, from its schedule."""
+    cfg = compose(["algorithm=ttsa", "task=quadratic", *SMALL, *overrides])
+    task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
+    x, y = task.init_params(torch.Generator().manual_seed(0))
+    problem = Problem(task, torch.Generator().manual_seed(0), horizon=horizon)
+    state = algo.init(problem, x, y)
+    beta0 = cfg.algorithm.lower.lr
+    out = []
+    for t in ts:
+        state.t = t
+        algo.schedule(problem, state)
+        out.append((state.upper.param_groups[0]["lr"], beta0 * state.lower["lr_scale"]))
+    return out
+
+
+def test_ttsa_steps_do_not_collapse_over_a_long_run():
+    """TTSA's paper steps for a run of T iterations (non-convex upper level): constant
+    α = α0·(T/T0)^{-3/5}, β = β0·(T/T0)^{-2/5} (T0 = decay_time = 1000). Over T = 10⁴ steps the
+    upper step stays at α0·10^{-3/5} ≈ 2.5e-4 (floor: α0/5 = 2e-4); the former per-iteration
+    α0·(t+1)^{-3/5} fell to 4e-6 by the last step, 1e-6 over a paper-length 10⁵."""
+    alpha0, beta0, horizon = 1e-3, 2e-2, 10_000
+    ts = [0, 1, 10, 100, 1000, 5000, horizon - 1]
+    steps = ttsa_steps(horizon, ts)
+    for alpha, beta in steps:
+        assert alpha >= alpha0 / 5
+        assert alpha == pytest.approx(alpha0 * 10**-0.6)
+        assert beta == pytest.approx(beta0 * 10**-0.4)
+    # the two time scales: α ∝ T^{-3/5}, β ∝ T^{-2/5}, so α/β ∝ T^{-1/5}
+    (a4, b4), (a5, b5) = ttsa_steps(10**4, [0])[0], ttsa_steps(10**5, [0])[0]
+    assert math.log10(a5 / a4) == pytest.approx(-3 / 5)
+    assert math.log10(b5 / b4) == pytest.approx(-2 / 5)
+    # runs no longer than T0 keep the tuned rates (the cap)
+    assert ttsa_steps(500, [0, 499]) == [pytest.approx((alpha0, beta0))] * 2
+
+
+def test_ttsa_per_iteration_decay_option():
+    """decay_clock=iteration: α_t = α0(1 + t/T0)^{-3/5}, β_t = β0(1 + t/T0)^{-2/5}."""
+    (a, b), (a9, b9) = ttsa_steps(10, [0, 9], "algorithm.decay_clock=iteration")
+    assert (a, b) == pytest.approx((1e-3, 2e-2))  # T0 = 1000
+    assert a9 == pytest.approx(1e-3 * (1 + 9 / 1000) ** -0.6)
+    assert b9 == pytest.approx(2e-2 * (1 + 9 / 1000) ** -0.4)
+    old = ttsa_steps(10, [9], "algorithm.decay_clock=iteration", "algorithm.decay_time=1")
+    assert old[0] == pytest.approx((1e-3 / 10**0.6, 2e-2 / 10**0.4))  # lr0/(t+1)^a
+
+
+def test_ttsa_horizon_needs_the_run_length_and_the_trainer_gives_it(tmp_path):
+    cfg = compose(["algorithm=ttsa", "task=quadratic", *SMALL, "algorithm.decay_time=5"])
+    task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
+    x, y = task.init_params(torch.Generator().manual_seed(0))
+    problem = Problem(task, torch.Generator().manual_seed(0))  # no horizon
+    state = algo.init(problem, x, y)
+    with pytest.raises(ValueError, match="horizon"):
+        algo.step(problem, state)
+    result = Trainer(task, algo, tmp_path, max_steps=20, progress=False, warmup=False).fit()
+    final = result.info["state"]
+    assert final.upper.param_groups[0]["lr"] == pytest.approx(1e-3 * (20 / 5) ** -0.6)
+    assert final.lower["lr_scale"] == pytest.approx((20 / 5) ** -0.4)
 
 
 def test_accbo_storm_uses_the_same_sample_at_both_points():
@@ -122,3 +182,34 @@ def test_accbo_storm_uses_the_same_sample_at_both_points():
     expected = tree.add(state.hypergrad.value, tree.sub(d_prev, h_prev), alpha=algo.beta)
     for k in expected:
         torch.testing.assert_close(state.extra["d"][k], expected[k])
+
+
+@pytest.mark.parametrize("name", ["accbo", "vr_adambo"])
+def test_accbo_warm_start_is_T0_snag_steps(name):
+    """AccBO Alg. 1: y_0 = SNAG on g(x_0, ·) for T0 = 3 steps (configs/algorithm/tuned/<name>/
+    lower/snag.yaml: γ 0.1, θ 0.1), from y_{−1} = y_init; then y_{−1} = ŷ_0 = y_0. Replayed
+    by hand on the deterministic quadratic, and unlike 3 plain SGD steps (the former config)."""
+    cfg = compose([f"algorithm={name}", "task=quadratic", *SMALL])
+    task, algo = instantiate(cfg.task), instantiate(cfg.algorithm)
+    x, y = task.init_params(torch.Generator().manual_seed(1))
+    y_init = tree.clone(y)
+    state = algo.init(Problem(task, torch.Generator().manual_seed(0)), x, y)
+    low = cfg.algorithm.lower
+    lr, theta, t0 = low.lr, low.momentum, low.warm_start_with.steps
+    assert (t0, low.warm_start_with.lr, low.warm_start_with.momentum) == (3, lr, theta)
+    oracles = Problem(task, torch.Generator()).oracles  # noise-free: any batch is the mean
+
+    def grad(w):
+        return oracles.grad_y_g(x, w, task.sample_lower(torch.Generator()))
+
+    snag, prev = tree.clone(y_init), tree.clone(y_init)
+    sgd = tree.clone(y_init)
+    for _ in range(t0):
+        w = tree.add(snag, tree.sub(snag, prev), alpha=theta)  # w = y + θ(y − y_prev)
+        prev, snag = snag, tree.add(w, grad(w), alpha=-lr)
+        sgd = tree.add(sgd, grad(sgd), alpha=-lr)
+    for k in y:
+        torch.testing.assert_close(state.y[k], snag[k])
+        torch.testing.assert_close(state.lower["y_prev"][k], snag[k])  # y_{−1} = y_0
+        torch.testing.assert_close(state.lower["y_avg"][k], snag[k])  # ŷ_0 = y_0
+    assert float(tree.norm(tree.sub(snag, sgd))) > 1e-3  # SNAG steps, not SGD steps

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 
 from bilevel import tree
-from bilevel.algorithms.base import LowerEstimateUpper, State
+from bilevel.algorithms.base import DecayClock, LowerEstimateUpper, State
 from bilevel.problem import Problem
 from bilevel.upper import apply, storm
 
@@ -36,12 +36,14 @@ class AccBO(LowerEstimateUpper):
         beta: float = 0.9,
         upper_decay: float = 0.0,
         lower_decay: float = 0.0,
+        decay_clock: DecayClock = "iteration",
+        decay_time: float = 1.0,
     ):
-        super().__init__(lower, estimator, upper, upper_decay, lower_decay)
+        super().__init__(lower, estimator, upper, upper_decay, lower_decay, decay_clock, decay_time)
         self.beta = beta
 
     def step(self, problem: Problem, state: State) -> State:
-        self.schedule(state)
+        self.schedule(problem, state)
         ex = state.extra
         y_hat_prev = tree.clone(self.lower.point(state.y, state.lower))
         self.lower.update(problem, state.x, state.y, state.lower, state.t)

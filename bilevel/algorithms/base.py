@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -22,6 +22,7 @@ from bilevel.problem import Problem
 from bilevel.tree import Params
 
 UpperFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+DecayClock = Literal["iteration", "horizon"]
 
 
 @dataclass
@@ -77,8 +78,17 @@ class LowerEstimateUpper(Algorithm):
         x_{t+1} ← upper rule(h_t).
 
     ``lower``, ``estimator`` and ``upper`` are the parts; subclasses only name the paper.
-    ``upper_decay`` / ``lower_decay`` = a make the step sizes lr₀/(t+1)^a (two time-scale
-    schedules, e.g. TTSA's α_t ∝ t^{-3/5}, β_t ∝ t^{-2/5}); 0 keeps them constant.
+
+    Step-size schedule (:meth:`schedule`, one code path for every algorithm of this shape):
+    ``upper_decay`` / ``lower_decay`` = a scale the upper step (the optimizer's lr) and the lower
+    SGD step by a factor s_a; a = 0 keeps a step constant. T₀ = ``decay_time``.
+
+    * ``decay_clock='iteration'``: s_a(t) = (1 + t/T₀)^{−a}, a decay per iteration with time
+      constant T₀ (T₀ = 1: lr₀/(t+1)^a);
+    * ``decay_clock='horizon'``: s_a = max(1, T/T₀)^{−a}, CONSTANT over a run of known length
+      T (``problem.horizon``, the trainer's ``max_steps``): the tuned rates lr₀ are the steps of
+      a run of at most T₀ iterations, and a longer run uses smaller constant steps in T^{−a}
+      (TTSA's theorem for a non-convex upper level: α ∝ T^{−3/5}, β ∝ T^{−2/5}).
     """
 
     def __init__(
@@ -88,9 +98,16 @@ class LowerEstimateUpper(Algorithm):
         upper: UpperFactory,
         upper_decay: float = 0.0,
         lower_decay: float = 0.0,
+        decay_clock: DecayClock = "iteration",
+        decay_time: float = 1.0,
     ):
+        if decay_clock not in ("iteration", "horizon"):
+            raise ValueError(f"unknown decay_clock {decay_clock!r}; choose iteration or horizon")
+        if decay_time <= 0:
+            raise ValueError(f"decay_time must be > 0, got {decay_time}")
         self.lower, self.estimator, self.upper = lower, estimator, upper
         self.upper_decay, self.lower_decay = upper_decay, lower_decay
+        self.decay_clock, self.decay_time = decay_clock, decay_time
 
     def init(self, problem: Problem, x: Params, y: Params) -> State:
         state = self.new_state(x, y)
@@ -98,19 +115,34 @@ class LowerEstimateUpper(Algorithm):
         state.extra["upper_lr0"] = [g["lr"] for g in state.upper.param_groups]
         return state
 
-    def schedule(self, state: State) -> None:
+    def step_scale(self, decay: float, t: int, horizon: int | None) -> float:
+        """lr_t / lr₀ of a step with exponent ``decay`` at iteration t of a run of ``horizon``
+        iterations (see the class docstring)."""
+        if not decay:
+            return 1.0
+        if self.decay_clock == "iteration":
+            return (1.0 + t / self.decay_time) ** -decay
+        if horizon is None:
+            raise ValueError(
+                f"{type(self).__name__}: decay_clock=horizon needs the run length: build the "
+                "Problem with horizon=<max steps> (the Trainer does), or use decay_clock=iteration"
+            )
+        return max(1.0, horizon / self.decay_time) ** -decay
+
+    def schedule(self, problem: Problem, state: State) -> None:
         """Set this iteration's step sizes (a no-op with zero decays)."""
         if self.upper_decay:
+            scale = self.step_scale(self.upper_decay, state.t, problem.horizon)
             groups = state.upper.param_groups
             for group, lr0 in zip(groups, state.extra["upper_lr0"], strict=True):
-                group["lr"] = lr0 / (state.t + 1) ** self.upper_decay
+                group["lr"] = lr0 * scale
         if self.lower_decay:
-            state.lower["lr_scale"] = 1.0 / (state.t + 1) ** self.lower_decay
+            state.lower["lr_scale"] = self.step_scale(self.lower_decay, state.t, problem.horizon)
 
     def step(self, problem: Problem, state: State) -> State:
         from bilevel.upper import apply
 
-        self.schedule(state)
+        self.schedule(problem, state)
         self.lower.update(problem, state.x, state.y, state.lower, state.t)
         y_hat = self.lower.point(state.y, state.lower)
         state.hypergrad = self.estimator(problem, state.x, y_hat, state.estimator)

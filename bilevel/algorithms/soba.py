@@ -20,7 +20,7 @@ class SOBA(LowerEstimateUpper):
     name = "soba"
 
     def step(self, problem: Problem, state: State) -> State:
-        self.schedule(state)
+        self.schedule(problem, state)
         sample = self.estimator.draw(problem)
         graph = problem.oracles.lower_graph(state.x, state.y, sample.lower[0])
         state.hypergrad = self.estimator.estimate(

@@ -12,6 +12,7 @@ from bilevel.data.labels import (
     imbalance,
     positive_ratio,
     split_train_val,
+    stratified_subset,
 )
 from bilevel.data.loaders import (
     AMAZON_LABELS,
@@ -80,5 +81,6 @@ __all__ = [
     "resolve_data_dir",
     "split_train_val",
     "stack_episodes",
+    "stratified_subset",
     "zero_beyond_premise",
 ]

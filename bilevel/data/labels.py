@@ -21,6 +21,11 @@ denominator ≤ 1000 that equals it to 1e-9), keeping as many examples as the cl
 ``n_negatives`` negatives as in the reference (1000 negatives, 4000 positives at 0.8).
 ``positive_ratio(labels)`` is the positive fraction of the WHOLE given set: pass the whole
 training set (the reference took p from the first batch it saw, quirks Q23/Q40).
+
+Evaluation subsets: ``stratified_subset(labels, n, seed)`` draws ``n`` rows with a seed,
+stratified by label (class counts proportional to the set's, every class present when
+n ≥ the number of classes), so that a metric on a subset of a label-sorted file (Sentiment140)
+sees every class, not the first rows' one.
 """
 
 from __future__ import annotations
@@ -173,3 +178,38 @@ def imbalance(
     keep_pos = pos[torch.randperm(len(pos), generator=generator)[: t * a]]
     keep_neg = neg[torch.randperm(len(neg), generator=generator)[: t * (b - a)]]
     return torch.cat([keep_pos, keep_neg]).sort().values
+
+
+def stratified_subset(labels: Tensor | Sequence[int], n: int, seed: int) -> Tensor:
+    """Sorted indices of a seeded subset of ``min(n, len(labels))`` rows, stratified by label.
+
+    Each class c gets ⌊n·N_c/N⌋ rows, at least one when n ≥ the number of classes; the rows
+    left over go to the classes with the largest remainders n·N_c/N − ⌊·⌋ (ties: the smaller
+    label). Within a class the rows are drawn uniformly without replacement from the generator
+    seeded with ``seed``, so the subset is a function of (labels, n, seed). n ≥ N: every row."""
+    y = _as_labels(labels)
+    total = len(y)
+    if n < 0:
+        raise ValueError(f"subset size must be ≥ 0, got {n}")
+    if n >= total:
+        return torch.arange(total)
+    classes, counts = torch.unique(y, return_counts=True)
+    quota = [n * int(c) / total for c in counts]
+    alloc = [int(q) for q in quota]
+    if n >= len(classes):
+        alloc = [max(a, 1) for a in alloc]
+    while sum(alloc) > n:  # the minimum of one row per class overshot: trim the most over-served
+        i = max((j for j in range(len(alloc)) if alloc[j] > 1), key=lambda j: alloc[j] - quota[j])
+        alloc[i] -= 1
+    while sum(alloc) < n:  # largest remainders first (max keeps the first of equal keys)
+        i = max(
+            (j for j in range(len(alloc)) if alloc[j] < int(counts[j])),
+            key=lambda j: quota[j] - alloc[j],
+        )
+        alloc[i] += 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c, k in zip(classes.tolist(), alloc, strict=True):
+        rows = (y == c).nonzero().squeeze(1)
+        chosen.append(rows[torch.randperm(len(rows), generator=generator)[:k]])
+    return torch.cat(chosen).sort().values

@@ -31,7 +31,8 @@ halves (train / val, as the reference's 50/50 split) and each half is made imbal
 :func:`bilevel.data.imbalance` (positive fraction exactly ``imratio``; the reference imbalances
 first and then splits, so its halves are only ≈ imratio). Test: the Sentiment140 test file,
 not rebalanced. Metrics: global rank-based ROC-AUC over whole evaluation sets (Q24: the
-reference averages per-batch AUCs).
+reference averages per-batch AUCs): at most ``eval_size`` rows per split, drawn once with the
+instance seed and stratified by label (each set keeps its split's positive fraction).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
 
 
 class DeepAUC(TextTask):
+    uniform_convexity_p = 2.0  # g is 2p(1−p)-strongly convex in α (``p`` is the positive ratio)
+
     def __init__(
         self,
         dataset: dict[str, Any],
@@ -95,6 +98,7 @@ class DeepAUC(TextTask):
         self.p = positive_ratio(self.train.labels)  # the whole training split (Q23/Q40)
         self.n_train = len(self.train)
         self.steps_per_epoch = math.ceil(self.n_train / batch_size)
+        self.fix_eval_rows(instance_seed)  # seeded, stratified: each split's positive fraction
 
     def init_params(self, generator):
         x = {k: v.requires_grad_() for k, v in self.build_model(generator).items()}
@@ -137,7 +141,7 @@ class DeepAUC(TextTask):
 
     def y_star(self, x: Params) -> Params:
         """α*(x) = C(w) / (p(1−p)) on the whole training split (the minimiser of g)."""
-        h, labels = self._all_scores(x, self.train, len(self.train))
+        h, labels = self._all_scores(x, self.train, torch.arange(len(self.train)))
         return {"alpha": self._cross(h, labels) / (self.p * (1 - self.p))}
 
     # -- sampling ------------------------------------------------------------------------------
@@ -148,22 +152,21 @@ class DeepAUC(TextTask):
         return Batch(self.draw(self.val, self.val_batch_size, generator), self.val_batch_size)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def _all_scores(self, x: Params, split, n: int) -> tuple[Tensor, Tensor]:
-        """Scores and labels of the first ``n`` rows of ``split``, in chunks, without grad."""
-        n = min(n, len(split))
+    def _all_scores(self, x: Params, split, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores and labels of the rows ``rows`` of ``split``, in chunks, without grad."""
+        rows = rows.to(self.device)
         chunks = []
         with torch.no_grad():
-            for start in range(0, n, self.eval_chunk):
-                idx = torch.arange(start, min(n, start + self.eval_chunk), device=self.device)
-                chunks.append(self.scores(x, split.gather(idx)))
-        return torch.cat(chunks), split.labels[:n].to(self.device)
+            for start in range(0, len(rows), self.eval_chunk):
+                chunks.append(self.scores(x, split.gather(rows[start : start + self.eval_chunk])))
+        return torch.cat(chunks), split.labels[rows.to(split.labels.device)].to(self.device)
 
     def evaluate(self, x, y):
         alpha = y["alpha"].detach()
         out: dict[str, float] = {}
         with torch.no_grad():
             for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
-                h, labels = self._all_scores(x, split, self.eval_size)
+                h, labels = self._all_scores(x, split, self.eval_index[name])
                 out[f"{name}_auc"] = roc_auc(h, labels)
                 out[f"{name}_loss"] = float(self._upper(x, alpha, h, labels))
                 if name == "train":

@@ -6,7 +6,11 @@ A task owns its data and models and exposes
   * ``sample_upper(generator)`` / ``sample_lower(generator)``: fresh minibatches;
   * ``evaluate(x, y) -> dict``: metrics of the current iterate (no effect on training state);
   * ``steps_per_epoch``;
-  * where known, closed forms ``y_star(x)``, ``phi(x)``, ``hypergrad_true(x)`` (diagnostics, tests).
+  * where known, closed forms ``y_star(x)``, ``phi(x)``, ``hypergrad_true(x)`` (diagnostics, tests);
+  * ``uniform_convexity_p``: the order p of g(x, ·)'s uniform convexity (UniBiO's LLUC
+    assumption, ⟨∇g(y) − ∇g(y'), y − y'⟩ ≥ μ‖y − y'‖^p): 2 for a strongly convex lower level,
+    the order of the term that makes g uniformly convex otherwise (the synthetic problem's p, a
+    p-norm regulariser's p), None where the task states none (UniBiO then says so and uses 2).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from bilevel.tree import Params
 class Task(ABC):
     steps_per_epoch: int = 1
     device: torch.device = torch.device("cpu")
+    uniform_convexity_p: float | None = None
 
     def to(self, device: torch.device | str) -> Task:
         """Move the task's data and models to ``device``; returns self."""

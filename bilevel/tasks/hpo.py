@@ -76,6 +76,12 @@ class HPO(TextTask):
         self.test = self.data.splits["test"]
         self.n_train = len(self.train)
         self.steps_per_epoch = math.ceil(self.n_train / batch_size)
+        self.fix_eval_rows(instance_seed)  # seeded, stratified by label
+
+    @property
+    def uniform_convexity_p(self) -> float | None:
+        """2 with the squared L2 penalty (λ(x) > 0 with softplus); None with ``l2_norm``."""
+        return 2.0 if self.reg_kind == "l2" else None
 
     def init_params(self, generator):
         y = {k: v.requires_grad_() for k, v in self.build_model(generator).items()}
@@ -116,15 +122,15 @@ class HPO(TextTask):
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, x, y):
-        rows, logits = self.scored_rows(y, self.train)
+        rows, logits = self.scored_rows(y, "train")
         with torch.no_grad():
             lower = float(self._lower(x, y, logits, rows["label"]))
         train_acc, train_loss = self.accuracy_and_loss(logits, rows["label"])
-        val_acc, val_loss = self.split_metrics(y, self.val)
-        test_acc, test_loss = self.split_metrics(y, self.test)
+        val_acc, val_loss = self.split_metrics(y, "val")
+        test_acc, test_loss = self.split_metrics(y, "test")
         return {
             "upper_loss": val_loss,
-            "lower_loss": lower,  # g on a fixed slice of the training part
+            "lower_loss": lower,  # g on the fixed evaluation rows of the training part
             "train_acc": train_acc,
             "train_loss": train_loss,
             "val_acc": val_acc,

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from bilevel.data import PerAccessNoise, hypercleaning_split
 from bilevel.oracles import Batch
-from bilevel.tasks.regularizers import regularizer
+from bilevel.tasks.regularizers import regularizer, uniform_convexity_order
 from bilevel.tasks.text import TextTask
 from bilevel.tree import Params
 
@@ -77,8 +77,15 @@ class HyperCleaning(TextTask):
         self.per_access = PerAccessNoise(noise_rate, self.data.n_classes)
         self.n_train = len(self.train)
         self.steps_per_epoch = math.ceil(self.n_train / batch_size)
-        self.eval_gen_seed = instance_seed + 7
         self.frozen: Params = {}
+        # evaluation rows: seeded, stratified by the CLEAN label (the training split's labels
+        # are the noisy ones; train_acc is scored against the clean ones)
+        self.fix_eval_rows(instance_seed, labels={"train": self.clean_labels})
+
+    @property
+    def uniform_convexity_p(self) -> float | None:
+        """The order of the regulariser ``reg`` (2 for l2, p for p_norm; None for l2_norm)."""
+        return uniform_convexity_order(self.reg["kind"], self.reg["coef"], self.reg["p"])
 
     def to(self, device):
         super().to(device)
@@ -129,13 +136,13 @@ class HyperCleaning(TextTask):
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, x, y):
-        rows, logits = self.scored_rows(y, self.train)  # one forward for g and the train metrics
+        rows, logits = self.scored_rows(y, "train")  # one forward for g and the train metrics
         with torch.no_grad():
-            lower = float(self._lower(x, y, logits, rows))  # g on a fixed slice of the noisy data
-        clean = self.clean_labels[: len(rows["label"])]
+            lower = float(self._lower(x, y, logits, rows))  # g on fixed rows of the noisy data
+        clean = self.clean_labels[rows["index"]]
         train_acc, train_loss = self.accuracy_and_loss(logits, clean)
-        val_acc, val_loss = self.split_metrics(y, self.val)
-        test_acc, test_loss = self.split_metrics(y, self.test)
+        val_acc, val_loss = self.split_metrics(y, "val")
+        test_acc, test_loss = self.split_metrics(y, "test")
         return {
             "upper_loss": val_loss,
             "lower_loss": lower,

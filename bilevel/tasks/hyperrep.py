@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from bilevel.data import EpisodeSampler, stack_episodes, zero_beyond_premise
 from bilevel.oracles import Batch
-from bilevel.tasks.regularizers import regularizer
+from bilevel.tasks.regularizers import regularizer, uniform_convexity_order
 from bilevel.tasks.text import TextTask
 from bilevel.tree import Params
 
@@ -132,6 +132,12 @@ class HyperRep(TextTask):
             raise ValueError(f"task=hyperrep, {name} split: {err}") from None
         episodes = stack_episodes(sampler.fixed_tasks(n))
         return {"support": episodes.support, "query": episodes.query}
+
+    @property
+    def uniform_convexity_p(self) -> float | None:
+        """The order of the head's regulariser ``reg`` (2 for l2, p for p_norm; None for
+        l2_norm)."""
+        return uniform_convexity_order(self.reg["kind"], self.reg["coef"], self.reg["p"])
 
     # -- parameters and losses -------------------------------------------------------------------
     def init_params(self, generator):

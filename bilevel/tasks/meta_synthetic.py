@@ -46,6 +46,11 @@ TaskSet = dict[str, Tensor]  # "us", "ts" (support), "uq", "tq" (query), leading
 
 
 class MetaSynthetic(Task):
+    @property
+    def uniform_convexity_p(self) -> float | None:
+        """2: g is a least-squares loss in the head plus (reg/2)‖y‖² (None without it)."""
+        return 2.0 if self.reg > 0 else None
+
     def __init__(
         self,
         dim_input: int = 20,

@@ -27,6 +27,8 @@ from bilevel.tree import Params
 
 
 class Quadratic(Task):
+    uniform_convexity_p = 2.0  # g is mu-strongly convex in y
+
     def __init__(
         self,
         dim_x: int = 10,

@@ -31,3 +31,16 @@ def regularizer(params: Params, coef: float, kind: RegType = "l2", p: float = 2.
     if kind == "p_norm":
         return coef * torch.stack([v.abs().pow(p).sum() for v in params.values()]).sum() / p
     raise ValueError(f"unknown regularizer {kind!r}; choose from l2, l2_norm, p_norm")
+
+
+def uniform_convexity_order(kind: RegType, coef: float, p: float = 2.0) -> float | None:
+    """The order of uniform convexity the penalty gives the lower level (``Task.
+    uniform_convexity_p``): 2 for ``l2``, p for ``p_norm`` with p ≥ 2; None for ``l2_norm`` (not
+    uniformly convex, not smooth at 0), for ``p_norm`` with p < 2, and without a penalty."""
+    if kind not in ("l2", "l2_norm", "p_norm"):
+        raise ValueError(f"unknown regularizer {kind!r}; choose from l2, l2_norm, p_norm")
+    if coef <= 0 or kind == "l2_norm":
+        return None
+    if kind == "l2":
+        return 2.0
+    return float(p) if p >= 2 else None

@@ -30,6 +30,7 @@ from bilevel.data import (
     load_snli,
     load_trec,
     resolve_data_dir,
+    stratified_subset,
 )
 from bilevel.models import build_model, functional
 from bilevel.tasks.base import Task
@@ -210,12 +211,15 @@ class TextTask(Task):
     the dataset prepared once, the model, device moves of the splits, uniform batch draws.
 
     A subclass calls :meth:`load` in ``__init__``, sets ``self.train`` / ``self.test`` (and
-    ``self.val`` when it has one) and calls :meth:`build_model` in ``init_params``."""
+    ``self.val`` when it has one), then :meth:`fix_eval_rows` (with ``self.eval_size`` set),
+    and calls :meth:`build_model` in ``init_params``."""
 
     train: PaddedSplit
     test: PaddedSplit
     val: PaddedSplit | None = None
     module: nn.Module | None = None
+    eval_size: int = 1000
+    eval_index: dict[str, Tensor]
 
     def load(
         self,
@@ -250,6 +254,7 @@ class TextTask(Task):
             split = getattr(self, name, None)
             if split is not None:
                 setattr(self, name, split.to(self.device))
+        self.eval_index = {k: v.to(self.device) for k, v in getattr(self, "eval_index", {}).items()}
         if self.module is not None:
             self.module.to(self.device)
         return self
@@ -265,10 +270,29 @@ class TextTask(Task):
         idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
         return split.gather(idx)
 
-    def scored_rows(self, y: Params, split: PaddedSplit) -> tuple[dict[str, Tensor], Tensor]:
-        """The first ``eval_size`` rows of ``split`` and the model's logits there (no grad):
-        one forward pass that every metric of those rows shares."""
-        data = self.head_rows(split, self.eval_size)
+    def fix_eval_rows(self, seed: int, labels: dict[str, Tensor] | None = None) -> None:
+        """Draw the evaluation rows of every split once: at most ``eval_size`` rows, with the
+        seed ``seed`` (the instance seed), stratified by label
+        (:func:`bilevel.data.stratified_subset`): every class is in every evaluated subset and
+        its share is the split's, whatever the order of the file (Sentiment140's files are
+        sorted by label, so the first rows held one class). ``labels``: per role, the labels to
+        stratify by instead of the split's (hyper-cleaning: the clean ones)."""
+        labels = labels or {}
+        self.eval_index = {}
+        for role in ("train", "val", "test"):
+            split = getattr(self, role, None)
+            if split is not None:
+                by = labels.get(role, split.labels)
+                self.eval_index[role] = stratified_subset(by.cpu(), self.eval_size, seed)
+
+    def eval_rows(self, role: str) -> dict[str, Tensor]:
+        """The fixed evaluation rows of the split ``role`` (train | val | test)."""
+        return getattr(self, role).gather(self.eval_index[role])
+
+    def scored_rows(self, y: Params, role: str) -> tuple[dict[str, Tensor], Tensor]:
+        """The evaluation rows of split ``role`` and the model's logits there (no grad): one
+        forward pass that every metric of those rows shares."""
+        data = self.eval_rows(role)
         with torch.no_grad():
             return data, self._logits(y, data)
 
@@ -278,11 +302,7 @@ class TextTask(Task):
         acc = (logits.argmax(-1) == target).float().mean()
         return float(acc), float(F.cross_entropy(logits, target))
 
-    def split_metrics(self, y: Params, split: PaddedSplit) -> tuple[float, float]:
-        """(accuracy, cross-entropy) on the first ``eval_size`` rows of ``split``."""
-        data, logits = self.scored_rows(y, split)
+    def split_metrics(self, y: Params, role: str) -> tuple[float, float]:
+        """(accuracy, cross-entropy) on the evaluation rows of split ``role``."""
+        data, logits = self.scored_rows(y, role)
         return self.accuracy_and_loss(logits, data["label"])
-
-    def head_rows(self, split: PaddedSplit, n: int) -> dict[str, Tensor]:
-        """The first ``n`` rows of ``split`` (fixed evaluation slices)."""
-        return split.gather(torch.arange(min(len(split), n), device=self.device))

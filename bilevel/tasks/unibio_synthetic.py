@@ -21,6 +21,11 @@ from bilevel.tasks.base import Task, gaussian
 
 
 class UniBiOSynthetic(Task):
+    @property
+    def uniform_convexity_p(self) -> float:
+        """g = y^p/p − y·sin x is uniformly convex of order p (UniBiO Example 3)."""
+        return float(self.p)
+
     def __init__(
         self,
         p: int = 4,

@@ -1,5 +1,6 @@
 """Deep AUC maximisation on the real Sentiment140 files (shared/data), small scale: the closed
-form α*(x), the imbalanced split, the global ROC-AUC, and short runs of two algorithms."""
+form α*(x), the imbalanced split, the global ROC-AUC, and short runs of three algorithms whose
+networks' AUCs must rise (they cannot with x frozen)."""
 
 from __future__ import annotations
 
@@ -79,23 +80,60 @@ def test_alpha_star_is_the_minimiser_of_g():
     assert abs(float(grad)) < 1e-5
 
 
+# The network's AUCs depend on x alone (y = α only enters the losses): with x frozen (upper step
+# 0) every AUC stays at its initial value exactly, so a rise is the upper level's doing. 40 steps
+# on a pool of 4000 tweets (halved into train / val, each imbalanced to 0.8); AUCs on 500 rows
+# of each half (val: the data f is trained on; train: held out from f) and on the 359 test
+# tweets. Every step size is explicit (the config defaults are the papers' and may change).
+AUC_RUN = ["scale.max_train=4000", *SCALAR_LR]
+AUC_ALGORITHMS = {
+    # SGD on the network needs a large step at this scale (the DC rows' 1e-2 barely moves it)
+    "stocbio": [
+        "model=rnn",
+        "algorithm.upper.lr=1.0",
+        "algorithm.lower.steps=3",
+        "algorithm.estimator.q=3",
+    ],
+    "ma_soba": [
+        "model=rnn",
+        "algorithm.upper.lr=1.0",
+        "algorithm.upper.momentum=0.9",
+        "algorithm.lower.steps=1",
+    ],
+    "adambo": [
+        "model=transformer",
+        "algorithm.upper.lr=0.002",
+        "algorithm.lower.steps=1",
+        "algorithm.estimator.q=3",
+    ],
+}
+# Neumann / z steps of 1 for the scalar α (∇²g = 2p(1−p) = 0.32), as the lower step
+ESTIMATOR_LR = ["algorithm.estimator.lr=1.0"]
+
+
 @needs_data
-@pytest.mark.parametrize(
-    "algorithm,model", [("stocbio", "rnn"), ("ma_soba", "rnn"), ("adambo", "transformer")]
-)
-def test_two_algorithms_run_with_finite_losses_and_falling_lower_error(algorithm, model):
-    task, algo, problem, state = build(f"algorithm={algorithm}", f"model={model}", *SCALAR_LR)
+@pytest.mark.parametrize("algorithm", list(AUC_ALGORITHMS))
+def test_three_algorithms_raise_the_networks_auc_and_track_alpha_star(algorithm):
+    # measured (40 steps, run seeds 0 (this test) / 1 / 2): AUC gain over the initial (= frozen-x)
+    # value, and |α − α*(x)| at the end (from 1.0; adambo from 0.42 after its warm start)
+    # stocbio val +0.079 / +0.063 / +0.115  test +0.068 / +0.076 / +0.090  0.040 / 0.016 / 0.157
+    # ma_soba val +0.117 / +0.090 / +0.116  test +0.061 / +0.043 / +0.055  0.007 / 0.041 / 0.174
+    # adambo  val +0.273 / +0.213 / +0.403  test +0.156 / +0.132 / +0.184  0.001 / 0.004 / 0.002
+    # (train, held out from f: +0.04 to +0.19, but adambo -0.045 on seed 1: not asserted)
+    task, algo, problem, state = build(
+        f"algorithm={algorithm}", *AUC_RUN, *AUC_ALGORITHMS[algorithm], *ESTIMATOR_LR
+    )
+    first = task.evaluate(state.x, algo.lower_point(state))
     err0 = lower_error(task, algo, state)
-    for _ in range(20):
+    for _ in range(40):
         state = algo.step(problem, state)
     last = task.evaluate(state.x, algo.lower_point(state))
-    err = lower_error(task, algo, state)
     assert all(math.isfinite(v) for v in last.values()), last
     assert {"train_auc", "val_auc", "test_auc", "upper_loss", "lower_loss"} <= set(last)
-    # measured (20 steps): stocbio |α−α*| 0.999 -> 0.004, ma_soba 0.999 -> 0.086,
-    # adambo (transformer, α after the warm start 0.78) 0.22 -> 1e-4
-    assert err0 > 0.1 and err < 0.2 * err0
-    assert last["alpha"] > 0.5
+    assert last["val_auc"] > first["val_auc"] + 0.05, (first, last)
+    assert last["test_auc"] > first["test_auc"] + 0.03, (first, last)
+    # ... while α keeps tracking α*(x) of the moving x
+    assert lower_error(task, algo, state) < 0.5 * err0, (err0, last)
 
 
 @needs_data

@@ -1,5 +1,6 @@
 """Hyperparameter optimization (learn an L2 coefficient): hand formulas for the lower loss's
-x-derivatives on a tiny linear model, the Q1 option, and short runs on the real Amazon file."""
+x-derivatives on a tiny linear model, the Q1 option, and short runs on the real Amazon file that
+must learn a better coefficient than a frozen x."""
 
 from __future__ import annotations
 
@@ -106,22 +107,49 @@ def test_splits_are_disjoint_and_seeded():
     assert metrics["l2_coef"] == pytest.approx(math.log1p(math.exp(-7.0)), rel=1e-5)
 
 
-@needs_data
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        # StocBiO's SGD on x: σ(x)·⟨y, v⟩ is ~1e-3 at x = -7, hence the large upper lr
-        ("algorithm=stocbio", "algorithm.upper.lr=100.0"),
-        ("algorithm=bo_rep",),  # normalized momentum: steps of the upper lr whatever the scale
-    ],
-)
-def test_two_algorithms_run_on_amazon(overrides):
-    task, algo, problem, state = build(*overrides, "algorithm.lower.lr=0.5")
-    x0 = float(state.x["lambda_raw"])
+# The algorithm runs start over-regularised, λ = softplus(1) = 1.31 on the whole RNN, where f
+# (validation CE) surely prefers a smaller λ, and are compared with the same run with x frozen
+# (upper step 0): λ must fall and the y trained under it must fit the validation split better.
+# Every step size is explicit (the config defaults are the papers' and may change).
+HPO_ALGORITHMS = {
+    # StocBiO's SGD on x: ∂f/∂x = −σ(x)·⟨y, H⁻¹∇ᵧf⟩-sized, hence the large upper lr
+    "stocbio": (100.0, ["algorithm.lower.steps=3", "algorithm.estimator.q=3"]),
+    # normalized momentum: steps of the upper lr whatever the scale
+    "bo_rep": (
+        0.5,
+        ["algorithm.lower.steps=3", "algorithm.lower.interval=2", "algorithm.upper.momentum=0.9"],
+    ),
+}
+
+
+def run_hpo(algorithm: str, frozen: bool = False, steps: int = 10):
+    """(the first evaluation, the last, λ_raw at the end) of ``steps`` iterations from x = 1."""
+    upper_lr, overrides = HPO_ALGORITHMS[algorithm]
+    task, algo, problem, state = build(
+        f"algorithm={algorithm}",
+        "task.x_init=1.0",
+        "algorithm.lower.lr=0.5",
+        "algorithm.estimator.lr=0.5",
+        *overrides,
+        f"algorithm.upper.lr={0.0 if frozen else upper_lr}",
+    )
     first = task.evaluate(state.x, state.y)
-    for _ in range(8):
+    for _ in range(steps):
         state = algo.step(problem, state)
-    last = task.evaluate(state.x, state.y)
-    assert all(math.isfinite(v) for v in last.values())
-    assert float(state.x["lambda_raw"]) != x0
-    assert last["lower_loss"] < first["lower_loss"]
+    return first, task.evaluate(state.x, state.y), float(state.x["lambda_raw"])
+
+
+@needs_data
+@pytest.mark.parametrize("algorithm", list(HPO_ALGORITHMS))
+def test_two_algorithms_learn_a_smaller_coefficient_that_beats_the_frozen_one(algorithm):
+    # measured (10 steps, run seeds 0 / 1), learned vs frozen (upper lr 0):
+    #   stocbio  λ 1.313 -> 0.0078 / 0.0099;  f (val CE) 0.482 / 0.482 vs 0.594 / 0.584
+    #   bo_rep   λ 1.313 -> 0.0298 / 0.0298;  f (val CE) 0.493 / 0.497 vs 0.620 / 0.601
+    first, learned, x = run_hpo(algorithm)
+    _, frozen, _ = run_hpo(algorithm, frozen=True)
+    assert all(math.isfinite(v) for v in learned.values()), learned
+    assert first["l2_coef"] == pytest.approx(math.log1p(math.e), rel=1e-5)
+    assert learned["l2_coef"] < 0.1 * first["l2_coef"], (first, learned)
+    assert learned["l2_coef"] == pytest.approx(math.log1p(math.exp(x)), rel=1e-5)
+    assert learned["upper_loss"] < frozen["upper_loss"] - 0.05, (learned, frozen)
+    assert learned["lower_loss"] < first["lower_loss"]

@@ -1,6 +1,9 @@
-"""Hyper-cleaning on the real SNLI files (shared/data), small scale, and its reference options."""
+"""Hyper-cleaning on the real SNLI files (shared/data), small scale, and its reference options;
+two algorithms on Amazon reviews against the same runs with x frozen."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import text_tasks
@@ -44,19 +47,67 @@ def test_x_step_touches_only_the_sampled_weights():
     assert task.n_train == 400 and task.steps_per_epoch == 13
 
 
-@needs_data
-@pytest.mark.parametrize("algorithm", ["stocbio", "soba"])
-def test_two_algorithms_run_with_finite_improving_losses(algorithm):
-    task, algo, problem, state = build(f"algorithm={algorithm}", "algorithm.lower.lr=1.0")
-    first = task.evaluate(state.x, state.y)
-    for _ in range(25):
+# The algorithm runs: the learned weights against the same run with x frozen (upper step 0).
+# Amazon reviews with y = a linear head on the frozen, randomly initialised LSTM encoder (a convex
+# lower level, as CLEANING below): there the per-sample influence −⟨∇CE_i, H⁻¹∇f⟩ already
+# separates the corrupted samples (its ROC-AUC ≈ 0.8 at a warm-started head, measured; on SNLI
+# at this scale 0.6-0.66, too weak for a short run). 300 training samples, 40% of the labels
+# flipped, batches of 32: each λ_i is visited ≈ 6 times in 60 steps. reg.coef 1e-2 bounds H⁻¹
+# (eigenvalues of ∇²ᵧᵧg in [0.01, 0.8]), so a Neumann step of 2 and a z step of 1 are stable.
+# Every step size is explicit (the config defaults are tuned for the papers' networks and may
+# change).
+CLEANING_RUN = [
+    "task=hypercleaning",
+    "dataset=amazon",
+    "model=rnn",
+    "model.fc=[]",
+    "task.lower_params=head",
+    "task.noise_rate=0.4",
+    "task.max_len=32",
+    "scale.max_train=300",
+    "task.val_size=500",
+    "task.n_test=200",
+    "task.eval_size=300",
+    "task.batch_size=32",
+    "task.val_batch_size=64",
+    "task.reg.coef=1e-2",
+    "algorithm.lower.lr=0.5",
+    "algorithm.lower.steps=1",
+    "algorithm.lower.warm_start_with={_target_:bilevel.lower.SGD,lr:0.5,steps:50}",
+]
+CLEANING_ALGORITHMS = {
+    "stocbio": ["algorithm.estimator.q=3", "algorithm.estimator.lr=2.0"],
+    "soba": ["algorithm.estimator.lr=1.0"],
+}
+
+
+def run_cleaning(algorithm: str, upper_lr: float, steps: int = 60):
+    """(x, the last evaluation, the task) after ``steps`` iterations (run seed 0)."""
+    task, algo, problem, state = text_tasks.build(
+        *CLEANING_RUN,
+        f"algorithm={algorithm}",
+        *CLEANING_ALGORITHMS[algorithm],
+        f"algorithm.upper.lr={upper_lr}",
+    )
+    for _ in range(steps):
         state = algo.step(problem, state)
-    last = task.evaluate(state.x, state.y)
-    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
-    # g on the noisy data and f on the clean validation split both fall; measured (25 steps):
-    # stocbio g 0.561 -> 0.542, f 1.102 -> 1.093; soba g 0.561 -> 0.554, f 1.102 -> 1.098
-    assert last["lower_loss"] < first["lower_loss"]
-    assert last["upper_loss"] < first["upper_loss"]
+    return state.x, task.evaluate(state.x, state.y), task
+
+
+@needs_data
+@pytest.mark.parametrize("algorithm", sorted(CLEANING_ALGORITHMS))
+def test_two_algorithms_learn_weights_that_beat_frozen_weights(algorithm):
+    # measured (60 steps, run seeds 0 / 1), learned vs frozen (upper lr 0):
+    #   stocbio  cleaning AUC 0.777 / 0.771 vs 0.5;  f (val CE) 0.442 / 0.444 vs 0.673 / 0.652
+    #   soba     cleaning AUC 0.786 / 0.773 vs 0.5;  f (val CE) 0.442 / 0.445 vs 0.593 / 0.697
+    x, learned, task = run_cleaning(algorithm, upper_lr=100.0)
+    _, frozen, _ = run_cleaning(algorithm, upper_lr=0.0)
+    assert all(math.isfinite(v) for v in learned.values()), learned
+    # σ(λ) ranks clean above corrupted samples (a frozen x keeps every λ_i = 0: AUC 0.5)
+    auc = cleaning_auc(x["logits"].detach(), task.is_corrupted)
+    assert auc >= 0.7, (auc, learned)
+    # ... and the head trained on the reweighted data fits the clean validation split better
+    assert learned["upper_loss"] < frozen["upper_loss"] - 0.05, (learned, frozen)
 
 
 @needs_data

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,32 @@ def config_dir() -> Path:
             "'pip install -e .' from a checkout"
         )
     return path
+
+
+def settings_files(choices: Any) -> list[Path]:
+    """The settings files that apply to a run, from its Hydra group choices
+    (``hydra.runtime.choices``): the (algorithm, task) pair's, then the pair's on the chosen
+    dataset and model."""
+    root = config_dir() / "settings"
+    found = []
+    for group, base in (("settings", root), ("settings/data", root / "data")):
+        choice = choices.get(group)
+        if choice and (base / f"{choice}.yaml").exists():
+            found.append(base / f"{choice}.yaml")
+    return found
+
+
+def settings_notice(choices: Any) -> str:
+    """One line saying which settings apply, or that the pair falls back to the algorithm's
+    defaults."""
+    files = settings_files(choices)
+    if files:
+        return "settings: " + ", ".join(str(f.relative_to(PACKAGE_ROOT)) for f in files)
+    algorithm, task = choices.get("algorithm"), choices.get("task")
+    return (
+        f"settings: none for algorithm={algorithm} task={task}; the algorithm's defaults apply "
+        f"(add configs/settings/{task}/{algorithm}.yaml, e.g. with bilevel-tune --write)"
+    )
 
 
 def _locate(target: str) -> Any:
@@ -128,13 +154,50 @@ def compose(
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
-            return hydra_compose(
-                config_name=config_name,
-                overrides=overrides,
-                return_hydra_config=return_hydra_config,
+            cfg = hydra_compose(
+                config_name=config_name, overrides=overrides, return_hydra_config=True
             )
         except Exception as err:
             raise ConfigError(explain_compose_error(err, overrides)) from None
+    drop_unused_settings(cfg, cfg.hydra.runtime.choices, overrides)
+    if not return_hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+PARTS = ("lower", "estimator", "upper")
+
+
+def drop_unused_settings(cfg: DictConfig, choices: Any, overrides: list[str]) -> list[str]:
+    """Remove the keys that a settings file sets on a part the command line swapped for one
+    that does not take them (``algorithm=bo_rep algorithm/lower=epoch_sgd``: the pair's
+    ``algorithm.lower.lr`` is an SGD step size, and Epoch-SGD has none). Keys given on the
+    command line are kept, so a real mistake still fails validation. Returns one notice line
+    per removed key."""
+    import yaml
+
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    notices = []
+    for path in settings_files(choices):
+        body = yaml.safe_load(path.read_text()) or {}
+        for part in PARTS:
+            values = (body.get("algorithm") or {}).get(part) or {}
+            node = OmegaConf.select(cfg, f"algorithm.{part}")
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                continue
+            params = _signature_params(_locate(str(node._target_)))
+            for key in values:
+                full = f"algorithm.{part}.{key}"
+                if params is None or key in params or full in given or key not in node:
+                    continue
+                with open_dict(node):
+                    del node[key]
+                rel = path.relative_to(config_dir().parent)
+                notices.append(
+                    f"settings: {full} from {rel} skipped ({node._target_} takes no {key!r})"
+                )
+    return notices
 
 
 def explain_compose_error(err: BaseException, overrides: list[str]) -> str:

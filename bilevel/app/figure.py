@@ -16,8 +16,6 @@ import json
 import os
 import re
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,60 +92,20 @@ def is_done(run_dir: Path, overrides: list[str]) -> bool:
     return status in ("completed", "diverged") and cfg.read_text() == _resolved_yaml(overrides)
 
 
-def _execute(run_dir: str, overrides: list[str]) -> tuple[str, str, float]:
-    """Worker: compose and train one run (a fresh process per pool worker)."""
-    import torch
-
-    from bilevel.app.config import compose
-    from bilevel.app.run import build_and_run, register
-
-    register()
-    torch.set_num_threads(1)
-    result = build_and_run(compose(overrides), Path(run_dir), progress=False)
-    return run_dir, result.status, result.train_seconds
-
-
 def run_missing(name: str, runs: list[PlannedRun], runs_root: Path, jobs: int) -> list[str]:
     """Run every planned run that is not done; return the ids of failed runs."""
+    from bilevel.app.jobs import Job, run_jobs
+
     todo = [r for r in runs if not is_done(runs_root / name / r.run_id, r.overrides)]
     print(
         f"{name}: {len(runs)} runs, {len(runs) - len(todo)} reused, {len(todo)} to run "
         f"({jobs} job{'s' if jobs > 1 else ''})",
         flush=True,
     )
-    failed: list[str] = []
-    if not todo:
-        return failed
-    start = time.perf_counter()
-
-    def report(i: int, r: PlannedRun, outcome: Any) -> None:
-        if isinstance(outcome, BaseException):  # keep the others going; report at the end
-            failed.append(r.run_id)
-            first = str(outcome).splitlines()[0] if str(outcome) else ""
-            msg = f"FAILED: {type(outcome).__name__}: {first}"
-        else:
-            msg = f"{outcome[1]}, train {outcome[2]:.1f}s"
-        elapsed = time.perf_counter() - start
-        print(f"  [{i}/{len(todo)}] {r.run_id}: {msg} ({elapsed:.0f}s elapsed)", flush=True)
-
-    if jobs <= 1:
-        for i, r in enumerate(todo, 1):
-            try:
-                outcome: Any = _execute(str(runs_root / name / r.run_id), r.overrides)
-            except Exception as err:
-                outcome = err
-            report(i, r, outcome)
-        return failed
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_execute, str(runs_root / name / r.run_id), r.overrides): r for r in todo
-        }
-        for i, fut in enumerate(as_completed(futures), 1):
-            exc = fut.exception()
-            report(i, futures[fut], exc if exc is not None else fut.result())
-    return failed
+    outcomes = run_jobs(
+        [Job(r.run_id, runs_root / name / r.run_id, r.overrides) for r in todo], jobs
+    )
+    return [label for label, outcome in outcomes.items() if outcome.status == "failed"]
 
 
 def gather(name: str, runs: list[PlannedRun], runs_root: Path):

@@ -10,7 +10,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bilevel.app.config import ConfigError, check_config, compose, config_dir
+from bilevel.app.config import (
+    ConfigError,
+    check_config,
+    compose,
+    config_dir,
+    drop_unused_settings,
+    settings_notice,
+)
 from bilevel.app.schema import register
 
 register()
@@ -54,7 +61,11 @@ def build_and_run(cfg: DictConfig, run_dir: Path, progress: bool | None = None):
 def _main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    print(settings_notice(hydra_cfg.runtime.choices), flush=True)
+    for line in drop_unused_settings(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task):
+        print(line, flush=True)
     result = build_and_run(cfg, run_dir)
     last: dict[str, Any] = result.rows[-1] if result.rows else {}
     summary = ", ".join(

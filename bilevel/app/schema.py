@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -61,5 +62,17 @@ class RunConfig:
     logger: Any = None
 
 
+def by_scale(values: Any, *, _root_: Any) -> Any:
+    """``${by_scale:{paper: 5e-2, small: 0.5}}``: the value for the selected scale, so one
+    settings file holds a pair's paper value and its small-scale delta side by side."""
+    name = _root_.scale.name
+    if name not in values:
+        raise ValueError(f"by_scale: no value for scale {name!r} (given: {', '.join(values)})")
+    return values[name]
+
+
 def register() -> None:
+    """Register the run schema and the ``by_scale`` resolver (idempotent)."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("by_scale"):
+        OmegaConf.register_new_resolver("by_scale", by_scale)

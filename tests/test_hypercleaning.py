@@ -190,3 +190,19 @@ def test_learned_weights_separate_corrupted_from_clean_samples():
     for _ in range(700):
         state = algo.step(problem, state)
     assert cleaning_auc(state.x["logits"].detach(), task.is_corrupted) >= 0.7
+
+
+@needs_data
+def test_linear_variant_learns_one_linear_layer_on_the_frozen_encoder():
+    task, _, _, state = text_tasks.build(
+        "task=hypercleaning_linear",
+        "algorithm=soba",
+        "task.n_train=200",
+        "task.val_size=100",
+        "task.n_test=100",
+        "task.eval_size=100",
+    )
+    shapes = {k: tuple(v.shape) for k, v in state.y.items()}
+    weights = [s for k, s in shapes.items() if k.endswith("weight")]
+    assert len(weights) == 1 and weights[0][0] == 3, shapes  # SNLI: 3 classes, no hidden layer
+    assert task.frozen and not set(task.frozen) & set(state.y)  # the encoder is frozen

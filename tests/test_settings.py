@@ -56,7 +56,7 @@ def test_each_settings_file_applies_to_its_pair_and_validates(path):
     comments = [ln for ln in text.splitlines()[1:] if ln.startswith("#")]
     assert comments, f"{path}: no provenance comment"
     overrides = _pair_of(path)
-    for scale in ("small", "paper"):
+    for scale in ("small", "paper") if "${by_scale:" in text else ("small",):
         cfg = compose([*overrides, f"scale={scale}"], return_hydra_config=True)
         assert path in settings_files(cfg.hydra.runtime.choices)
         with open_dict(cfg):
@@ -186,6 +186,7 @@ def test_tune_runs_the_grid_selects_by_the_rule_and_writes_the_pair_file(tree, t
         last=2,
         log=True,
         aggregate="mean",
+        require=[],
         jobs=1,
         runs_dir=tmp_path / "runs",
         out=tmp_path / "trials.csv",
@@ -243,3 +244,23 @@ def test_a_swapped_part_skips_the_settings_keys_it_does_not_take(tree):
     # a key given on the command line is never dropped: the mistake is reported
     with pytest.raises(ConfigError, match="algorithm.lower.lr: unknown key"):
         check_config(compose([*overrides, "algorithm.lower.lr=0.1"]))
+
+
+def test_require_keeps_the_points_whose_named_replicates_reach_the_bound():
+    table = pd.DataFrame(
+        {
+            "algorithm.upper.lr": ["0.1", "0.1", "0.3", "0.3"],
+            "task.noise_std": ["0", "0.5", "0", "0.5"],
+            "score": [-3.0, -0.2, -1.5, -0.8],  # log10 of the final norm
+        }
+    )
+    args = argparse.Namespace(mode="min", log=True, require=["task.noise_std=0:0.01"])
+    assert tune.meets_requirements(table, ["algorithm.upper.lr"], args) == [True, False]
+    args.require.append("task.noise_std=0.5:0.1")  # 10^-0.2 > 0.1: the first point fails too
+    assert tune.meets_requirements(table, ["algorithm.upper.lr"], args) == [False, False]
+    with pytest.raises(ConfigError, match="KEY=VALUE:BOUND"):
+        tune.meets_requirements(
+            table,
+            ["algorithm.upper.lr"],
+            argparse.Namespace(mode="min", log=True, require=["nonsense"]),
+        )

@@ -8,9 +8,10 @@ Every sweep override (Hydra syntax: ``a,b,c``, ``range(...)``) is a grid axis, e
 and the keys named by ``--replicate``: those are replicates that every grid point runs on.
 A trial's score is the mean of ``--metric`` over its last ``--last`` evaluations (of log10
 values with ``--log``); a grid point's score is the mean over its replicates (``--aggregate
-worst``: its worst replicate, for settings that must hold on every replicate). The selection
-rule: the best score (``--mode``) among the grid points none of whose replicates diverged,
-failed or produced a non-finite score. Trials run through the figure machinery (``--jobs``
+worst``: its worst replicate). The selection rule: the best score (``--mode``) among the grid
+points none of whose replicates diverged, failed or produced a non-finite score and, with
+``--require task.noise_std=0:0.044``, whose replicates of that value reach the bound (in the
+metric's units; when no point does, among all). Trials run through the figure machinery (``--jobs``
 processes) into ``outputs/tune/...``; finished trials with an unchanged resolved config are
 reused. Every trial lands in a tidy table (``results/tuning/<task>/<algorithm>.csv``) and
 ``--write`` writes the chosen values into the pair's settings file with the command, grid and
@@ -135,15 +136,10 @@ def settings_path(pair: dict[str, str], data: bool = False) -> Path:
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
+    """An override's value as Hydra reads it (1e-2 a float, {a:1} a dict), as plain data."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads 1e-2 as a string
-        except ValueError:
-            return value
-    return value
+    return OverridesParser.create().parse_override(f"key={text}").value()
 
 
 def write_settings(
@@ -242,6 +238,30 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(PACKAGE_ROOT) if path.is_relative_to(PACKAGE_ROOT) else path)
 
 
+def meets_requirements(table: Any, keys: list[str], args: argparse.Namespace) -> list[bool]:
+    """Per grid point (in groupby order): whether every ``--require KEY=VALUE:BOUND`` holds, i.e.
+    each replicate with KEY=VALUE scores at most BOUND (``--mode max``: at least), BOUND in the
+    metric's units (its log10 is compared with ``--log``)."""
+    import pandas as pd
+
+    ok = pd.Series(True, index=table.index)
+    for req in args.require:
+        try:
+            key_value, bound_text = req.rsplit(":", 1)
+            key, value = key_value.split("=", 1)
+            bound = float(bound_text)
+        except ValueError:
+            raise ConfigError(f"--require {req}: expected KEY=VALUE:BOUND") from None
+        if key not in table.columns:
+            raise ConfigError(f"--require {req}: {key} is not a replicate or grid key")
+        if args.log:
+            bound = math.log10(bound)
+        rows = table[key].astype(str) == value
+        beats = table.score <= bound if args.mode == "min" else table.score >= bound
+        ok &= ~rows | beats.fillna(False)
+    return list(ok.groupby([table[k] for k in keys], sort=False).all())
+
+
 def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import pandas as pd
 
@@ -286,7 +306,12 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         )
         .reset_index()
     )
+    by_point["meets"] = meets_requirements(table, keys, args)
     valid = by_point[by_point.replicates_ok == by_point.replicates]
+    if args.require and valid.meets.any():
+        valid = valid[valid.meets]
+    elif args.require:
+        print("no grid point meets every --require; choosing among all", flush=True)
     out = args.out or RESULTS / f"{where}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.6g")
@@ -303,6 +328,7 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         f"{args.mode} over grid points of the {over} over replicates of the mean "
         f"{'log10 ' if args.log else ''}{args.metric} over the last {args.last} evaluations; "
         "points with a diverged/failed replicate excluded"
+        + (f"; among the points meeting {', '.join(args.require)}" if args.require else "")
     )
     print(f"chosen ({rule}): " + " ".join(f"{k}={v}" for k, v in chosen.items()), flush=True)
     if args.write:
@@ -340,6 +366,12 @@ def cli(argv: list[str] | None = None) -> None:
         help="a grid point's score: the mean over its replicates, or the worst replicate",
     )
     parser.add_argument("--replicate", action="append", default=[], help="a replicate axis")
+    parser.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        help="KEY=VALUE:BOUND: choose among points whose KEY=VALUE replicates reach BOUND",
+    )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--runs-dir", type=Path, default=Path("outputs") / "tune")
     parser.add_argument("--out", type=Path, default=None, help="trial table (CSV)")

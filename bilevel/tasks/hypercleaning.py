@@ -2,7 +2,10 @@
 BOREP-SLIP-ADAMBO §4.1): learn one weight per training sample on label-corrupted data.
 
     x = {"logits": λ ∈ R^N}, one logit per training sample, weight σ(λ_i)
-    y = the classifier (``lower_params='model'``, the papers) or its head only (``'head'``)
+    y = the classifier (``lower_params='model'``, the papers), its head only (``'head'``), or a
+    linear classifier on the frozen encoder's features (``'linear'``: the head without hidden
+    layers, a strongly convex lower level as in the classical hyper-cleaning of Franceschi et
+    al. 2017 and StocBiO's MNIST experiment; ``task=hypercleaning_linear``)
     g(x, y; B) = (1/|B|) Σ_{i∈B} σ(λ_i)·CE(y; u_i, ỹ_i) + reg(y)      noisy training batch B
     f(x, y; V) = (1/|V|) Σ_{j∈V} CE(y; u_j, y_j)                      CLEAN validation batch V
 
@@ -46,7 +49,7 @@ class HyperCleaning(TextTask):
         val_batch_size: int = 128,
         max_len: int = 48,
         x_init: float = 0.0,
-        lower_params: Literal["model", "head"] = "model",
+        lower_params: Literal["model", "head", "linear"] = "model",
         reg: dict[str, Any] | None = None,
         noise_mode: Literal["fixed", "per_access"] = "fixed",
         upper_data: Literal["clean_val", "noisy_train"] = "clean_val",
@@ -58,6 +61,8 @@ class HyperCleaning(TextTask):
         self.val_batch_size, self.x_init, self.lower_params = val_batch_size, x_init, lower_params
         self.reg = {"kind": "l2", "coef": 1e-4, "p": 2.0, **(reg or {})}
         self.noise_mode, self.upper_data, self.eval_size = noise_mode, upper_data, eval_size
+        if lower_params == "linear":  # y = one linear layer on the frozen encoder's features
+            model = {**model, "fc": []}
         total = None if n_train is None else n_train + val_size
         train = self.load(
             dataset, model, data_dir, max_len, {"train": total, "test": n_test}, instance_seed
@@ -95,7 +100,7 @@ class HyperCleaning(TextTask):
 
     def init_params(self, generator):
         params = self.build_model(generator)
-        if self.lower_params == "head":
+        if self.lower_params in ("head", "linear"):
             y = {k: v for k, v in params.items() if k.startswith("head.")}
             self.frozen = {k: v for k, v in params.items() if k not in y}
         else:

@@ -20,9 +20,11 @@ from bilevel.trainer import CHECKPOINT, Trainer
 
 # StocBiO on a noisy quadratic: every step draws fresh samples, so a resume that loses or
 # replays an RNG stream, the oracle counters or the optimizer state changes the metrics.
+# ~settings: trainer mechanics on the algorithm defaults (cheap steps), not the tuned pair
 NOISY = [
     "algorithm=stocbio",
     "task=quadratic",
+    "~settings",
     "task.noise_std=0.5",
     "trainer.max_steps=60",
     "trainer.eval_every=10",

@@ -308,7 +308,8 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     )
     by_point["meets"] = meets_requirements(table, keys, args)
     valid = by_point[by_point.replicates_ok == by_point.replicates]
-    if args.require and valid.meets.any():
+    met = bool(args.require) and bool(valid.meets.any())
+    if met:
         valid = valid[valid.meets]
     elif args.require:
         print("no grid point meets every --require; choosing among all", flush=True)
@@ -328,7 +329,8 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         f"{args.mode} over grid points of the {over} over replicates of the mean "
         f"{'log10 ' if args.log else ''}{args.metric} over the last {args.last} evaluations; "
         "points with a diverged/failed replicate excluded"
-        + (f"; among the points meeting {', '.join(args.require)}" if args.require else "")
+        + (f"; among the points meeting {', '.join(args.require)}" if met else "")
+        + ("; NO point met " + ", ".join(args.require) if args.require and not met else "")
     )
     print(f"chosen ({rule}): " + " ".join(f"{k}={v}" for k, v in chosen.items()), flush=True)
     if args.write:

@@ -264,3 +264,23 @@ def test_require_keeps_the_points_whose_named_replicates_reach_the_bound():
             ["algorithm.upper.lr"],
             argparse.Namespace(mode="min", log=True, require=["nonsense"]),
         )
+
+
+# The tuned quadratic settings do what they are for, with nothing on the command line but the
+# pair (issue #8's acceptance; every algorithm: scripts/check_quadratic_defaults.py, whose table
+# results/quadratic_defaults.csv is committed). The cheap ones run here: ~1 s each.
+@pytest.mark.parametrize("noise, factor", [(0.0, 100.0), (0.5, 10.0)])
+@pytest.mark.parametrize("algorithm", ["soba", "ma_soba", "slip", "bo_rep", "saba"])
+def test_default_settings_cut_the_true_hypergradient_on_the_quadratic(
+    algorithm, noise, factor, tmp_path
+):
+    from bilevel.app.run import build_and_run
+
+    task = "quadratic_finite_sum" if algorithm == "saba" else "quadratic"
+    cfg = compose(
+        [f"algorithm={algorithm}", f"task={task}", f"task.noise_std={noise}",
+         "trainer.checkpoint_every=0", "trainer.progress=false"]
+    )  # fmt: skip
+    rows = build_and_run(cfg, tmp_path, progress=False).rows
+    first, last = rows[0]["true_hypergrad_norm"], rows[-1]["true_hypergrad_norm"]
+    assert rows[-1]["step"] == 1000 and first / last >= factor, (first, last)

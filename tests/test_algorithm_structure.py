@@ -112,14 +112,19 @@ def test_ma_soba_steps_along_the_moving_average_of_soba_directions():
         u = h if u is None else beta * u + (1 - beta) * h
         if t > 0:
             assert float((u - h).norm()) > 0.04 * float(h.norm())
-        x, y, z = (
-            x - alpha * u,
-            y - gamma * grad_y_g(task, x, y),
-            z - nu * (task.A @ z - grad_y_f(task, y)),
+        x, y, z = soba_directions_step(
+            algo, problem, state, task, x, x - alpha * u, y, z, h, t, gamma, nu
         )
-        algo.step(problem, state)
-        assert_step(state, x, y, h, t)
-        close(state.estimator["z"]["y"], z, f"iteration {t}: z_(t+1)")
+
+
+def soba_directions_step(algo, problem, state, task, x, x_new, y, z, h, t, gamma, nu):
+    """The hand-run SOBA-family iteration shared by MA-SOBA and SLIP: y and z step at
+    (x_t, y_t, z_t) simultaneously with x → x_new; one algorithm step; compare everything."""
+    y, z = y - gamma * grad_y_g(task, x, y), z - nu * (task.A @ z - grad_y_f(task, y))
+    algo.step(problem, state)
+    assert_step(state, x_new, y, h, t)
+    close(state.estimator["z"]["y"], z, f"iteration {t}: z_(t+1)")
+    return x_new, y, z
 
 
 # -- SLIP --------------------------------------------------------------------------------------
@@ -149,14 +154,7 @@ def test_slip_warm_start_then_normalized_momentum_on_soba_directions():
         m = beta * m + (1 - beta) * h
         x_new = x - eta * m / (m.norm() + eps)
         assert float((x_new - x).norm()) == pytest.approx(eta)  # normalized: length η
-        x, y, z = (
-            x_new,
-            y - gamma * grad_y_g(task, x, y),
-            z - nu * (task.A @ z - grad_y_f(task, y)),
-        )
-        algo.step(problem, state)
-        assert_step(state, x, y, h, t)
-        close(state.estimator["z"]["y"], z, f"iteration {t}: z_(t+1)")
+        x, y, z = soba_directions_step(algo, problem, state, task, x, x_new, y, z, h, t, gamma, nu)
 
 
 # -- AdamBO ------------------------------------------------------------------------------------

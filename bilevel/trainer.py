@@ -3,7 +3,9 @@ train-only wall clock, checkpoints, resume, divergence, and what is logged.
 
 Run directory contract: ``config.yaml`` (written by the caller), ``metrics.csv`` (one row per
 evaluation), ``run.json`` (status completed | diverged | failed | interrupted, seed, git
-revision, torch version, device, train seconds), ``checkpoint.pt`` (latest state).
+revision, torch version, device, train seconds, config fingerprint), ``checkpoint.pt`` (latest
+state, with the config and its fingerprint: a checkpoint is only continued by the same config,
+see bilevel.app.rundir).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class Trainer:
         self.seed, self.device = seed, resolve_device(device)
         self.loggers = [CSVLogger(), *(loggers or [])]
         self.config = config or {}
+        self.fingerprint = _fingerprint(self.config) if self.config else None
         self.resume, self.progress = resume, progress
         self.callbacks = callbacks or []
         self.warmup = warmup
@@ -258,6 +261,8 @@ class Trainer:
             "wall_s": wall,
             "rows": rows,
             "rng": _global_rng(),
+            "fingerprint": self.fingerprint,
+            "config": self.config or None,
         }
         tmp = self.run_dir / (CHECKPOINT + ".tmp")
         torch.save(payload, tmp)
@@ -268,9 +273,15 @@ class Trainer:
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location=self.device, weights_only=False)
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as err:  # a truncated file from a killed process
             raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+        stored = ckpt.get("fingerprint")
+        if self.fingerprint and stored and stored != self.fingerprint:
+            from bilevel.app.rundir import RunDirError, mismatch_message
+
+            raise RunDirError(mismatch_message(self.run_dir, ckpt.get("config"), self.config))
+        return ckpt
 
     def _write_info(
         self,
@@ -290,6 +301,7 @@ class Trainer:
             "steps": steps,
             "max_steps": self.max_steps,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "fingerprint": self.fingerprint,
         }
         if counter is not None:
             info["oracle_calls"] = counter.state_dict()
@@ -298,6 +310,12 @@ class Trainer:
         tmp = self.run_dir / "run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, self.run_dir / "run.json")
+
+
+def _fingerprint(config: dict[str, Any]) -> str:
+    from bilevel.app.rundir import fingerprint
+
+    return fingerprint(config)
 
 
 def _short(row: dict[str, Any]) -> dict[str, str]:

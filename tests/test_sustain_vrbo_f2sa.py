@@ -443,8 +443,23 @@ def test_config_runs_and_resumes(tiny_cfg, run_cfg, metrics, tmp_path, name):
     common += ["task.noise_std=0.5", "trainer.device=cpu"]
     full = run_cfg(tiny_cfg(*common), tmp_path / "full")
     assert full.status == "completed"
-    half = run_cfg(tiny_cfg(*common, "trainer.max_steps=10"), tmp_path / "resumed")
-    assert half.status == "completed"
+    # interrupted at step 10 (a checkpoint of the same config: resume refuses any other)
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from bilevel.trainer import Trainer
+
+    def stop_at_10(trainer, state):
+        if state.t == 10:
+            trainer.request_stop()
+
+    cfg = tiny_cfg(*common)
+    half = Trainer(
+        instantiate(cfg.task), instantiate(cfg.algorithm), tmp_path / "resumed", max_steps=20,
+        eval_every=5, checkpoint_every=5, seed=cfg.seed, device="cpu", progress=False,
+        config=OmegaConf.to_container(cfg, resolve=True), callbacks=[stop_at_10],
+    ).fit()  # fmt: skip
+    assert half.status == "interrupted"
     resumed = run_cfg(tiny_cfg(*common, "resume=true"), tmp_path / "resumed")
     assert resumed.status == "completed"
     a, b = metrics(tmp_path / "full"), metrics(tmp_path / "resumed")

@@ -1,5 +1,6 @@
 """``bilevel-run``: the Hydra app. One job = one (algorithm, task, seed) run into its own
-directory: config.yaml, metrics.csv, run.json (see bilevel.trainer)."""
+directory: config.yaml, metrics.csv, run.json (see bilevel.trainer). A directory that already
+holds a run is refused unless ``resume=true`` or ``force=true`` (bilevel.app.rundir)."""
 
 from __future__ import annotations
 
@@ -18,20 +19,40 @@ from bilevel.app.config import (
     drop_unused_settings,
     settings_notice,
 )
+from bilevel.app.rundir import prepare
 from bilevel.app.schema import register
 
 register()
 
 
-def build_and_run(cfg: DictConfig, run_dir: Path, progress: bool | None = None):
-    """Instantiate the task, algorithm and loggers of ``cfg`` and train into ``run_dir``."""
+def build_and_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    progress: bool | None = None,
+    *,
+    force: bool | None = None,
+    resume: bool | None = None,
+):
+    """Instantiate the task, algorithm and loggers of ``cfg`` and train into ``run_dir``.
+
+    ``force``/``resume`` (None: ``cfg.force``/``cfg.resume``) select the run-directory policy
+    of :func:`bilevel.app.rundir.prepare`, decided before anything is built or written (a
+    refusal raises RunDirError). Nothing is written, and a replaced run's files are not
+    deleted, until the task, algorithm, loggers and trainer have been built: a run that fails
+    to build leaves the directory as it was."""
     from hydra.utils import instantiate
 
     from bilevel.trainer import Trainer
 
     check_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = Path(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    plan = prepare(
+        run_dir,
+        resolved,
+        resume=bool(cfg.get("resume", False) if resume is None else resume),
+        force=bool(cfg.get("force", False) if force is None else force),
+    )
     task = instantiate(cfg.task)
     algorithm = instantiate(cfg.algorithm)
     loggers = []
@@ -51,10 +72,12 @@ def build_and_run(cfg: DictConfig, run_dir: Path, progress: bool | None = None):
         seed=cfg.seed,
         device=tr.device,
         loggers=loggers,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        resume=cfg.resume,
+        config=resolved,
+        resume=plan.resume,
         progress=tr.progress if progress is None else progress,
     )
+    plan.start()  # from here on the directory is this run's (force: the old files go now)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return trainer.fit()
 
 
@@ -156,9 +179,15 @@ def cli() -> None:
     except ConfigError as err:
         print(f"bilevel-run: error: {err}", file=sys.stderr)
         sys.exit(2)
-    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
-        _main
-    )
+
+    def task(cfg: DictConfig) -> float | None:
+        try:
+            return _main(cfg)
+        except ConfigError as err:  # e.g. a run directory refused: one line, no traceback
+            print(f"bilevel-run: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)
     main()
 
 

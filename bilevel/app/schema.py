@@ -51,6 +51,7 @@ class ScaleConfig:
 class RunConfig:
     seed: int = 0
     resume: bool = False
+    force: bool = False  # replace a previous run in the run directory
     name: str = ""  # free label (W&B run name, figure curves)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

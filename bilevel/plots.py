@@ -1,9 +1,15 @@
-"""Figures from tidy run tables (pandas + matplotlib): median over seeds with a quantile band,
-one panel per setting, one curve per method/variant (the papers' house style)."""
+"""Figures from tidy run tables (pandas + matplotlib) in the papers' house style.
+
+Per registry entry: a grid of panels, one column per setting (panel) and one row per logged metric
+(``y``), one curve per method/variant; each curve is the median over seeds with a quantile band.
+The x axis is any column of the table: step, epoch, train wall time, oracle calls or samples.
+``plot_panels`` is a pure function of the table; ``save_figure`` writes it as PNG and PDF.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -11,18 +17,100 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+#: Default x-axis labels of the known x columns.
+X_LABELS: dict[str, str] = {
+    "step": "step",
+    "epoch": "epoch",
+    "wall_s": "train time (s)",
+    "oracle_calls": "oracle calls",
+    "samples": "samples",
+}
+
+#: Default (mathtext) labels of the metrics the tasks log; other names pass through unchanged.
+METRIC_LABELS: dict[str, str] = {
+    "true_hypergrad_norm": r"$\|\nabla\Phi(x)\|$",
+    "hypergrad_norm": r"$\|\hat\nabla\Phi(x)\|$",
+    "upper_loss": r"$f(x, y)$",
+    "lower_loss": r"$g(x, y)$",
+    "lower_error": r"$\|y - y^*(x)\|$",
+    "grad_x_f_norm": r"$\|\nabla_x f(x, y)\|$",
+    "test_upper_loss": r"test $f(x, y)$",
+    "train_loss": "train loss",
+    "val_loss": "validation loss",
+    "test_loss": "test loss",
+    "train_acc": "train accuracy",
+    "val_acc": "validation accuracy",
+    "test_acc": "test accuracy",
+}
+
+DEFAULT_BAND = (0.2, 0.8)
+
+
+def _as_list(value: Any, n: int, name: str) -> list[Any]:
+    """A scalar broadcast to ``n`` entries, or a list that must have ``n`` entries."""
+    if isinstance(value, list | tuple):
+        if len(value) != n:
+            raise ValueError(f"plot.{name} has {len(value)} entries, expected {n} (one per x or y)")
+        return list(value)
+    return [value] * n
+
+
+def _text(label: str) -> str:
+    """``label`` as matplotlib text: ``$...$`` is mathtext; a lone ``$`` is kept literal."""
+    label = str(label)
+    return label.replace("$", r"\$") if label.count("$") % 2 else label
+
+
+def metric_label(name: str) -> str:
+    """The default axis label of a metric or x column (mathtext for the known metrics)."""
+    return METRIC_LABELS.get(name, X_LABELS.get(name, name))
+
+
+def smooth_runs(
+    df: pd.DataFrame, x: str, y: str, window: int, by: Sequence[str] = ("panel", "curve", "seed")
+) -> pd.DataFrame:
+    """Trailing running mean of ``y`` over ``window`` evaluations (``min_periods=1``), per run.
+
+    Each run (one ``by`` group) is ordered by ``x`` first; rows whose ``y`` is NaN should already be
+    dropped, so the window counts evaluations, not x units.
+    """
+    if window < 1:
+        raise ValueError(f"smooth window must be >= 1, got {window}")
+    keys = [k for k in by if k in df.columns]
+    out = df.sort_values([*keys, x], kind="stable").copy()
+    if keys:
+        rolled = out.groupby(keys, sort=False)[y].rolling(window, min_periods=1).mean()
+        out[y] = rolled.reset_index(level=list(range(len(keys))), drop=True)
+    else:
+        out[y] = out[y].rolling(window, min_periods=1).mean()
+    return out
 
 
 def seed_bands(
-    df: pd.DataFrame, x: str, y: str, by: Sequence[str], band: Sequence[float] = (0.2, 0.8)
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    by: Sequence[str],
+    band: Sequence[float] = DEFAULT_BAND,
+    align: str | None = None,
 ) -> pd.DataFrame:
-    """Median and the [lo, hi] quantiles of ``y`` over seeds, per ``by`` group and ``x``."""
-    grouped = df.groupby([*by, x], sort=False)[y]
-    out = grouped.median().rename("median").to_frame()
-    out["lo"] = grouped.quantile(band[0])
-    out["hi"] = grouped.quantile(band[1])
-    out["n_seeds"] = grouped.count()
-    return out.reset_index()
+    """Median and the [lo, hi] quantiles of ``y`` over seeds, per ``by`` group and ``x``.
+
+    With ``align`` (e.g. ``"step"``) the seeds are matched on that column instead of ``x`` and the
+    x position is the median of ``x`` over seeds: for x columns that differ from seed to seed at
+    the same evaluation (train wall time, sometimes oracle calls).
+    """
+    key = align if align and align != x else x
+    grouped = df.groupby([*by, key], sort=False)
+    out = grouped[y].median().rename("median").to_frame()
+    out["lo"] = grouped[y].quantile(band[0])
+    out["hi"] = grouped[y].quantile(band[1])
+    out["n_seeds"] = grouped[y].count()
+    if key != x:
+        out[x] = grouped[x].median()
+    return out.reset_index().sort_values([*by, x], kind="stable")
 
 
 def plot_panels(
@@ -32,29 +120,112 @@ def plot_panels(
     curve_order: Sequence[str],
     title: str = "",
 ) -> plt.Figure:
-    """One axis per panel, one line (median) and band per curve; shared y scale."""
-    x, y = spec["x"], spec["y"]
-    stats = seed_bands(df, x, y, ["panel", "curve"], spec.get("band", (0.2, 0.8)))
-    n = len(panel_order)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), sharey=True, squeeze=False)
+    """The figure of a registry entry: rows = y metrics, columns = panels, one curve per variant.
+
+    ``spec`` is the entry's ``plot:`` mapping:
+
+    - ``x``: the x column (step | epoch | wall_s | oracle_calls | samples | any column), or a list
+      of them: the panels repeat once per x (the papers' "vs epoch" and "vs time" side by side);
+      ``xlabel`` (a string or a list aligned with ``x``) defaults to a readable name.
+    - ``y``: a metric column or a list of them, one row of panels each; each row has its own y
+      scale, shared across its panels. ``ylabel`` is a string or a list aligned with ``y``;
+      the default is a mathtext label for the known metrics (``METRIC_LABELS``), else the name.
+    - ``logy``: bool or a list aligned with ``y`` (default False); ``logx``: bool (default False).
+    - ``band``: [lo, hi] quantiles over seeds (default [0.2, 0.8]) drawn around the median line,
+      only where a curve has more than one seed.
+    - ``smooth``: optional int K: a trailing running mean over K evaluations (``min_periods=1``)
+      applied to each run, i.e. per (panel, curve, seed) along x, before the statistics over seeds;
+      the y label then reads "... (running mean, w=K)". Absent or 0/1: the raw values.
+
+    Rows whose y is NaN (steps without an evaluation) are dropped per metric. When the table has a
+    ``step`` column and x is another column, the seeds are matched by step and each point sits at
+    the median x over seeds. Labels containing ``$...$`` render as mathtext. Each curve keeps its
+    colour in every panel; a single legend sits below the axes, off the data.
+    """
+    xs = list(spec["x"]) if isinstance(spec["x"], list | tuple) else [spec["x"]]
+    ys = list(spec["y"]) if isinstance(spec["y"], list | tuple) else [spec["y"]]
+    columns = [(x, panel) for x in xs for panel in panel_order]
+    n_rows, n_cols = len(ys), len(columns)
+    if not panel_order:
+        raise ValueError("plot_panels needs at least one panel")
+    missing = [c for c in [*xs, *ys] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the table ({', '.join(df.columns)})")
+    ylabels = _as_list(spec.get("ylabel"), n_rows, "ylabel")
+    xlabels = dict(zip(xs, _as_list(spec.get("xlabel"), len(xs), "xlabel"), strict=True))
+    logys = _as_list(spec.get("logy", False), n_rows, "logy")
+    band = tuple(spec.get("band") or DEFAULT_BAND)
+    window = int(spec.get("smooth") or 0)
+    by = ["panel", "curve"]
+
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        figsize=(3.3 * n_cols + 0.6, 2.6 * n_rows + 1.0),
+        sharex="col",
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, panel in zip(axes[0], panel_order, strict=True):
-        for i, curve in enumerate(curve_order):
-            s = stats[(stats.panel == panel) & (stats.curve == curve)]
-            if s.empty:
-                continue
-            color = colors[i % len(colors)]
-            ax.plot(s[x], s["median"], color=color, lw=1.3, label=curve)
-            if (s["n_seeds"] > 1).any():
-                ax.fill_between(s[x], s["lo"], s["hi"], color=color, alpha=0.2, lw=0)
-        ax.set_title(panel, fontsize=10)
-        ax.set_xlabel(spec.get("xlabel", x))
-        if spec.get("logy"):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3, lw=0.5)
-    axes[0][0].set_ylabel(spec.get("ylabel", y))
-    axes[0][-1].legend(fontsize=8, frameon=False)
+    color_of = {c: colors[i % len(colors)] for i, c in enumerate(curve_order)}
+    drawn: set[str] = set()
+
+    for r, y in enumerate(ys):
+        data = df[df[y].notna()]
+        stats_of = {}
+        for x in xs:
+            align = "step" if "step" in df.columns and x != "step" else None
+            smoothed = smooth_runs(data, align or x, y, window) if window > 1 else data
+            stats_of[x] = seed_bands(smoothed, x, y, by, band, align=align)
+        for c, (x, panel) in enumerate(columns):
+            ax = axes[r][c]
+            stats = stats_of[x]
+            for curve in curve_order:
+                s = stats[(stats.panel == panel) & (stats.curve == curve)]
+                if s.empty:
+                    continue
+                color = color_of[curve]
+                ax.plot(s[x], s["median"], color=color, lw=1.4, label=_text(curve))
+                if (s["n_seeds"] > 1).any():
+                    ax.fill_between(s[x], s["lo"], s["hi"], color=color, alpha=0.18, lw=0)
+                drawn.add(curve)
+            if r == 0:
+                ax.set_title(_text(panel), fontsize=10)
+            if r == n_rows - 1:
+                ax.set_xlabel(_text(xlabels[x] or metric_label(x)))
+            if logys[r]:
+                ax.set_yscale("log")
+            if spec.get("logx"):
+                ax.set_xscale("log")
+            ax.grid(True, which="major", alpha=0.3, lw=0.5)
+            ax.tick_params(labelsize=8)
+        ylabel = _text(ylabels[r] or metric_label(y))
+        if window > 1:
+            ylabel += f" (running mean, w={window})"
+        axes[r][0].set_ylabel(ylabel)
+
+    handles = [
+        Line2D([], [], color=color_of[c], lw=1.4, label=_text(c)) for c in curve_order if c in drawn
+    ]
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=min(len(handles), 6),
+            frameon=False,
+            fontsize=9,
+        )
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+        fig.suptitle(_text(title), fontsize=11)
     return fig
+
+
+def save_figure(fig: plt.Figure, path_png: Path) -> list[Path]:
+    """Write ``fig`` as PNG (150 dpi) and as PDF beside it (same stem); return both paths."""
+    path_png = Path(path_png)
+    path_png.parent.mkdir(parents=True, exist_ok=True)
+    path_pdf = path_png.with_suffix(".pdf")
+    fig.savefig(path_png, dpi=150)
+    fig.savefig(path_pdf)
+    return [path_png, path_pdf]

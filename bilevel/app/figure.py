@@ -1,17 +1,26 @@
-"""``bilevel-figure NAME``: regenerate one registered paper figure.
+"""``bilevel-figure NAME [OVERRIDES...]``: regenerate one registered paper figure.
 
 A registry entry (``experiments/<NAME>.yaml``) names a Hydra experiment config and the grid of
-runs behind the figure: panels × curves × seeds, each a list of overrides. The command composes
-every run, reuses finished runs whose resolved config is unchanged, runs the missing ones (in
-parallel with ``--jobs``), gathers their ``metrics.csv`` into one tidy table
-(``results/<NAME>.csv``), writes a summary (``results/<NAME>_summary.csv``) and draws
-``results/<NAME>.png``. ``--no-run`` refuses to run anything; ``--from-table`` redraws from the
-committed table alone.
+runs behind the figure: panels × curves × seeds, each a list of overrides, plus the plot, the
+summary and the paper's claims as checks over the summary. The command composes every run
+(the entry's overrides, then the command line's), reuses finished runs whose config
+fingerprint is unchanged, launches the missing ones (a local pool with ``--jobs``, or any Hydra
+launcher: ``hydra/launcher=joblib``, ``hydra/launcher=slurm_gpu``), gathers their
+``metrics.csv`` into one tidy table, writes a summary, evaluates the claims, draws PNG and PDF,
+and rewrites the gallery (``results/README.md``).
+
+Where things go: runs under ``<runs root>/<NAME>/<variant>/<run id>`` (runs root: ``--runs-dir``,
+else ``$BILEVEL_RUNS_DIR``, else ``outputs/figures`` of the checkout: never the working
+directory); results under ``results/<NAME>.*`` for the committed small scale and
+``results/<variant>/<NAME>.*`` when overrides change results (``scale=paper`` →
+``results/scale=paper/unibio/fig1.png``). The variant names those overrides, so results of
+different scales never overwrite each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -25,6 +34,10 @@ import yaml
 from bilevel.app.config import PACKAGE_ROOT, ConfigError
 
 REGISTRY = PACKAGE_ROOT / "experiments"
+RESULTS = PACKAGE_ROOT / "results"
+ENTRY_KEYS = {"title", "experiment", "seeds", "panels", "curves", "plot", "summary", "claims"}
+ENTRY_KEYS |= {"notes", "paper", "spec"}
+DEFAULT_VARIANT = "default"
 
 
 @dataclass
@@ -37,19 +50,37 @@ class PlannedRun:
 
 
 def available(registry: Path = REGISTRY) -> list[str]:
-    return sorted(str(p.relative_to(registry).with_suffix("")) for p in registry.rglob("*.yaml"))
+    return sorted(
+        str(p.relative_to(registry).with_suffix(""))
+        for p in registry.rglob("*.yaml")
+        if p.name != "catalogue.yaml"
+    )
 
 
 def load_entry(name: str, registry: Path = REGISTRY) -> dict[str, Any]:
     path = registry / f"{name}.yaml"
-    if not path.exists():
+    if name == "catalogue" or not path.exists():
         names = ", ".join(available(registry))
         raise ConfigError(f"no figure {name!r} in {registry}; registered: {names}")
-    entry = yaml.safe_load(path.read_text())
+    try:
+        entry = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: expected a mapping")
     for key in ("experiment", "panels", "curves", "plot"):
         if key not in entry:
             raise ConfigError(f"{path}: missing key '{key}'")
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}")
     return entry
+
+
+def runs_root_default() -> Path:
+    """Where figure runs live unless ``--runs-dir`` says otherwise; independent of the cwd."""
+    env = os.environ.get("BILEVEL_RUNS_DIR")
+    return Path(env) if env else PACKAGE_ROOT / "outputs" / "figures"
 
 
 def _slug(text: str) -> str:
@@ -57,7 +88,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "", text) or "x"
 
 
-def plan(entry: dict[str, Any]) -> list[PlannedRun]:
+def variant_of(overrides: list[str]) -> str:
+    """A directory name for the command-line overrides that change results (every override
+    but the result-neutral keys such as ``trainer.progress``); ``default`` when none."""
+    from bilevel.app.rundir import RESULT_NEUTRAL_KEYS
+
+    def neutral(override: str) -> bool:
+        key = override.lstrip("+~").split("=", 1)[0]
+        return any(key == k or key.startswith(k + ".") for k in RESULT_NEUTRAL_KEYS)
+
+    kept = sorted(o for o in overrides if not neutral(o))
+    if not kept:
+        return DEFAULT_VARIANT
+    text = ",".join(re.sub(r"[^A-Za-z0-9.=_,:+-]+", "_", o) for o in kept)
+    if len(text) > 80:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        text = f"{text[:60]}-{digest}"
+    return text
+
+
+def plan(entry: dict[str, Any], extra: list[str] | None = None) -> list[PlannedRun]:
+    """Every run of the entry: panels × curves × seeds; ``extra`` overrides come last (win)."""
     runs = []
     for panel in entry["panels"]:
         seeds = panel.get("seeds", entry.get("seeds", [0]))
@@ -70,50 +121,34 @@ def plan(entry: dict[str, Any]) -> list[PlannedRun]:
                     *curve.get("overrides", []),
                     f"seed={seed}",
                     "trainer.progress=false",
+                    *(extra or []),
                 ]
                 runs.append(PlannedRun(run_id, panel["label"], curve["label"], seed, overrides))
     return runs
 
 
-def _resolved_yaml(overrides: list[str]) -> str:
-    from omegaconf import OmegaConf
+def run_missing(
+    name: str,
+    runs: list[PlannedRun],
+    runs_dir: Path,
+    jobs: int = 1,
+    launcher: list[str] | None = None,
+) -> list[str]:
+    """Launch every planned run that is not done (into ``runs_dir/<run id>``); return the ids
+    of failed runs."""
+    from bilevel.app.jobs import Job, run_pending
 
-    from bilevel.app.config import compose
-
-    return OmegaConf.to_yaml(compose(overrides), resolve=True)
-
-
-def is_done(run_dir: Path, overrides: list[str]) -> bool:
-    """A finished run whose resolved config equals the one the registry asks for."""
-    info, cfg = run_dir / "run.json", run_dir / "config.yaml"
-    if not (info.exists() and cfg.exists()):
-        return False
-    status = json.loads(info.read_text()).get("status")
-    return status in ("completed", "diverged") and cfg.read_text() == _resolved_yaml(overrides)
-
-
-def run_missing(name: str, runs: list[PlannedRun], runs_root: Path, jobs: int) -> list[str]:
-    """Run every planned run that is not done; return the ids of failed runs."""
-    from bilevel.app.jobs import Job, run_jobs
-
-    todo = [r for r in runs if not is_done(runs_root / name / r.run_id, r.overrides)]
-    print(
-        f"{name}: {len(runs)} runs, {len(runs) - len(todo)} reused, {len(todo)} to run "
-        f"({jobs} job{'s' if jobs > 1 else ''})",
-        flush=True,
-    )
-    outcomes = run_jobs(
-        [Job(r.run_id, runs_root / name / r.run_id, r.overrides) for r in todo], jobs
-    )
+    batch = [Job(r.run_id, runs_dir / r.run_id, r.overrides) for r in runs]
+    outcomes = run_pending(name, batch, jobs, launcher, runs_dir)
     return [label for label, outcome in outcomes.items() if outcome.status == "failed"]
 
 
-def gather(name: str, runs: list[PlannedRun], runs_root: Path):
+def gather(name: str, runs: list[PlannedRun], runs_dir: Path):
     import pandas as pd
 
     frames = []
     for r in runs:
-        run_dir = runs_root / name / r.run_id
+        run_dir = runs_dir / r.run_id
         metrics = run_dir / "metrics.csv"
         if not metrics.exists():
             raise ConfigError(f"{metrics} is missing; run 'bilevel-figure {name}' without --no-run")
@@ -127,34 +162,53 @@ def gather(name: str, runs: list[PlannedRun], runs_root: Path):
     return pd.concat(frames, ignore_index=True)
 
 
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def summary_metrics(entry: dict[str, Any]) -> list[str]:
+    """The metrics summarized: the plot's y metrics, then ``summary.metrics``."""
+    extra = entry.get("summary", {}).get("metrics", [])
+    return list(dict.fromkeys([*_as_list(entry["plot"]["y"]), *extra]))
+
+
 def summarize(table, entry: dict[str, Any]):
-    """Per panel and curve: seeds, the final value and the mean over the last k evaluations
-    (median over seeds), train seconds and oracle calls (median over seeds)."""
-    y = entry["plot"]["y"]
-    k = entry.get("summary", {}).get("last_k", 1)
-    rows = []
-    for (panel, curve), g in table.groupby(["panel", "curve"], sort=False):
-        per_seed = g.sort_values("step").groupby("seed")
-        last = per_seed.tail(1)
-        rows.append(
-            {
-                "panel": panel,
-                "curve": curve,
-                "seeds": g.seed.nunique(),
-                f"{y}_final": last[y].median(),
-                f"{y}_mean_last{k}": per_seed.apply(lambda s: s[y].tail(k).mean()).median(),
-                "train_seconds": last["wall_s"].median(),
-                "oracle_calls": last["oracle_calls"].median(),
-                "diverged": int((last["status"] == "diverged").sum()),
-            }
-        )
+    """Per panel and curve: seeds, for each summarized metric its final value and its mean over
+    the last k evaluations (median over seeds), train seconds and oracle calls (median over
+    seeds), diverged seeds."""
     import pandas as pd
 
+    k = entry.get("summary", {}).get("last_k", 1)
+    metrics = [m for m in summary_metrics(entry) if m in table.columns]
+    rows = []
+    for (panel, curve), g in table.groupby(["panel", "curve"], sort=False):
+        row: dict[str, Any] = {"panel": panel, "curve": curve, "seeds": g.seed.nunique()}
+        for y in metrics:
+            evals = g.dropna(subset=[y]).sort_values("step").groupby("seed")[y]
+            row[f"{y}_final"] = evals.last().median()
+            row[f"{y}_mean_last{k}"] = evals.apply(lambda s: s.tail(k).mean()).median()
+        last = g.sort_values("step").groupby("seed").tail(1)
+        row["train_seconds"] = last["wall_s"].median()
+        row["oracle_calls"] = last["oracle_calls"].median()
+        row["diverged"] = int((last["status"] == "diverged").sum())
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def results_paths(name: str, variant: str, results_dir: Path) -> dict[str, Path]:
+    base = results_dir if variant == DEFAULT_VARIANT else results_dir / variant
+    stem = base / name
+    return {
+        "table": stem.with_name(f"{stem.name}.csv"),
+        "summary": stem.with_name(f"{stem.name}_summary.csv"),
+        "claims": stem.with_name(f"{stem.name}_claims.csv"),
+        "png": stem.with_name(f"{stem.name}.png"),
+    }
 
 
 def make_figure(
     name: str,
+    overrides: list[str] | None = None,
     *,
     run: bool = True,
     from_table: bool = False,
@@ -162,57 +216,59 @@ def make_figure(
     runs_root: Path | None = None,
     results_dir: Path | None = None,
     registry: Path = REGISTRY,
+    gallery: bool = True,
 ) -> Path:
+    """Regenerate figure ``name``; return the PNG path."""
     import pandas as pd
 
-    from bilevel.plots import plot_panels
+    from bilevel.app.claims import claim_status, evaluate_claims
+    from bilevel.app.jobs import split_launcher_overrides
+    from bilevel.plots import plot_panels, save_figure
 
     entry = load_entry(name, registry)
-    runs_root = runs_root or Path("outputs") / "figures"
-    results_dir = results_dir or PACKAGE_ROOT / "results"
-    table_path = results_dir / f"{name}.csv"
-    out_png = results_dir / f"{name}.png"
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    runs = plan(entry)
+    run_overrides, launcher = split_launcher_overrides(list(overrides or []))
+    variant = variant_of(run_overrides)
+    runs_dir = (runs_root or runs_root_default()) / name / variant
+    results_dir = results_dir or RESULTS
+    paths = results_paths(name, variant, results_dir)
+    runs = plan(entry, run_overrides)
     if from_table:
-        if not table_path.exists():
-            raise ConfigError(f"{table_path} does not exist; run 'bilevel-figure {name}' first")
-        table = pd.read_csv(table_path)
+        if not paths["table"].exists():
+            raise ConfigError(f"{paths['table']} does not exist; run 'bilevel-figure {name}' first")
+        table = pd.read_csv(paths["table"])
     else:
         if run:
-            failed = run_missing(name, runs, runs_root, jobs)
+            failed = run_missing(name, runs, runs_dir, jobs, launcher)
             if failed:
                 raise RuntimeError(
-                    f"{len(failed)} run(s) failed: {', '.join(failed)}; see "
-                    f"their run.json under {runs_root / name}"
+                    f"{len(failed)} run(s) failed: {', '.join(failed)}; see their run.json "
+                    f"under {runs_dir}"
                 )
         else:
-            missing = [
-                r.run_id for r in runs if not is_done(runs_root / name / r.run_id, r.overrides)
-            ]
+            from bilevel.app.jobs import is_done
+
+            missing = [r.run_id for r in runs if not is_done(runs_dir / r.run_id, r.overrides)]
+            print(f"{name}: {len(runs)} runs planned in {runs_dir}, {len(missing)} missing")
+            for r in runs:
+                if r.run_id in missing:
+                    print(f"  {r.run_id}: {' '.join(r.overrides)}")
             if missing:
                 raise ConfigError(
-                    f"--no-run: {len(missing)} run(s) missing or stale, e.g. "
-                    f"{missing[0]} (under {runs_root / name})"
+                    f"--no-run: {len(missing)} of {len(runs)} run(s) missing or stale, e.g. "
+                    f"{missing[0]} (under {runs_dir})"
                 )
-        table = gather(name, runs, runs_root)
-        keep = [
-            "panel",
-            "curve",
-            "seed",
-            "step",
-            "epoch",
-            "wall_s",
-            "oracle_calls",
-            "status",
-            entry["plot"]["y"],
-            entry["plot"]["x"],
-        ]
+        table = gather(name, runs, runs_dir)
+        plot = entry["plot"]
+        keep = ["panel", "curve", "seed", "step", "epoch", "wall_s", "oracle_calls", "samples"]
+        keep += ["status", *_as_list(plot["x"]), *summary_metrics(entry)]
         table = table[list(dict.fromkeys(c for c in keep if c in table.columns))]
-        table.to_csv(table_path, index=False, float_format="%.6g")
-        summarize(table, entry).to_csv(
-            results_dir / f"{name}_summary.csv", index=False, float_format="%.4g"
-        )
+        paths["table"].parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(paths["table"], index=False, float_format="%.6g")
+    summary = summarize(table, entry)
+    paths["png"].parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(paths["summary"], index=False, float_format="%.4g")
+    claims = evaluate_claims(entry.get("claims", []), summary, f"{name}: claims")
+    claims.to_csv(paths["claims"], index=False)
     fig = plot_panels(
         table,
         entry["plot"],
@@ -220,43 +276,71 @@ def make_figure(
         [c["label"] for c in entry["curves"]],
         entry.get("title", name),
     )
-    fig.savefig(out_png, dpi=130)
-    print(f"wrote {out_png}" + ("" if from_table else f", {table_path}"), flush=True)
-    return out_png
+    written = save_figure(fig, paths["png"])
+    print(f"{name}: claims {claim_status(claims)}", flush=True)
+    for row in claims.itertuples():
+        print(f"  [{row.status}] {row.claim}{' (' + row.panel + ')' if row.panel else ''}: "
+              f"{row.values}", flush=True)  # fmt: skip
+    print(f"wrote {', '.join(str(p) for p in written)}", flush=True)
+    if gallery and variant == DEFAULT_VARIANT and results_dir == RESULTS and registry == REGISTRY:
+        from bilevel.app.gallery import write_gallery
+
+        write_gallery()
+    return paths["png"]
 
 
 def cli(argv: list[str] | None = None) -> None:
     """Entry point of ``bilevel-figure``."""
     parser = argparse.ArgumentParser(
-        prog="bilevel-figure", description="Regenerate a registered paper figure."
+        prog="bilevel-figure",
+        description="Regenerate a registered paper figure. Overrides (KEY=VALUE) apply to every "
+        "run of the figure (scale=paper trainer.device=cuda); hydra/launcher=joblib|"
+        "submitit_slurm|slurm_gpu and hydra.launcher.* choose how the missing runs launch.",
     )
     parser.add_argument("name", nargs="?", help="registry entry, e.g. unibio/fig1")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     parser.add_argument("--list", action="store_true", help="list registered figures")
+    parser.add_argument("--all", action="store_true", help="every registered figure")
     parser.add_argument("--no-run", action="store_true", help="use stored runs only")
     parser.add_argument(
         "--from-table", action="store_true", help="redraw from results/<name>.csv without any run"
     )
+    parser.add_argument("--gallery", action="store_true", help="only rewrite results/README.md")
     parser.add_argument(
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="parallel runs (default: min(2, cpus))",
+        help="parallel local runs when no hydra/launcher is given (default: min(2, cpus))",
     )
-    parser.add_argument("--runs-dir", type=Path, default=Path("outputs") / "figures")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="runs root (default: $BILEVEL_RUNS_DIR or "
+        "outputs/figures of the checkout)"
+    )  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.list or not args.name:
-        print("\n".join(available()))
-        return
+    overrides = list(args.overrides)
+    if args.all and args.name:
+        overrides.insert(0, args.name)
     try:
-        make_figure(
-            args.name,
-            run=not args.no_run,
-            from_table=args.from_table,
-            jobs=args.jobs,
-            runs_root=args.runs_dir,
-            results_dir=args.results_dir,
-        )
+        if args.gallery:
+            from bilevel.app.gallery import write_gallery
+
+            print(f"wrote {write_gallery()}")
+            return
+        if args.list or not (args.name or args.all):
+            print("\n".join(available()))
+            return
+        names = available() if args.all else [args.name]
+        for name in names:
+            make_figure(
+                name,
+                overrides,
+                run=not args.no_run,
+                from_table=args.from_table,
+                jobs=args.jobs,
+                runs_root=args.runs_dir,
+                results_dir=args.results_dir,
+            )
     except (ConfigError, RuntimeError) as err:
         print(f"bilevel-figure: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -265,9 +265,9 @@ def meets_requirements(table: Any, keys: list[str], args: argparse.Namespace) ->
 def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import pandas as pd
 
-    from bilevel.app.figure import is_done
-    from bilevel.app.jobs import Job, run_jobs
+    from bilevel.app.jobs import Job, run_pending, split_launcher_overrides
 
+    overrides, launcher = split_launcher_overrides(overrides)
     fixed, grid, replicates = plan(overrides, args.replicate)
     pair = pair_of(fixed)
     where = f"{pair['task']}/{pair['algorithm']}"
@@ -276,15 +276,12 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     runs_root = args.runs_dir / where
     todo = trials(fixed, grid, replicates)
     jobs = [Job(t.label, runs_root / t.label, t.overrides) for t in todo]
-    pending = [j for j in jobs if not is_done(j.run_dir, j.overrides)]
     n_points = math.prod(len(v) for v in grid.values())
     print(
-        f"bilevel-tune {where}: {n_points} grid points x "
-        f"{len(todo) // n_points} replicates = {len(todo)} trials, "
-        f"{len(todo) - len(pending)} reused, {len(pending)} to run ({args.jobs} jobs)",
+        f"bilevel-tune {where}: {n_points} grid points x {len(todo) // n_points} replicates",
         flush=True,
     )
-    run_jobs(pending, args.jobs)
+    run_pending(f"bilevel-tune {where}", jobs, args.jobs, launcher, runs_root)
 
     rows = []
     for t, job in zip(todo, jobs, strict=True):
@@ -375,7 +372,7 @@ def cli(argv: list[str] | None = None) -> None:
         help="KEY=VALUE:BOUND: choose among points whose KEY=VALUE replicates reach BOUND",
     )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--runs-dir", type=Path, default=Path("outputs") / "tune")
+    parser.add_argument("--runs-dir", type=Path, default=PACKAGE_ROOT / "outputs" / "tune")
     parser.add_argument("--out", type=Path, default=None, help="trial table (CSV)")
     parser.add_argument("--write", action="store_true", help="write the pair's settings file")
     parser.add_argument(

@@ -443,3 +443,27 @@ def test_rnn_paper_parameter_counts():
     # UniBiO/AccBO NLIRNN: the reference's 16384 -> 4096 logits (118,689,792, Q7) become -> 3
     assert rnn + linear(4 * h, h) == 118_689_792
     assert count_parameters(uni) == rnn + linear(4 * h, 3) == 51_625_987
+
+
+@pytest.mark.parametrize("kind", ["rnn", "transformer"])
+def test_any_encoder_reads_sentence_pairs(kind):
+    """On a sentence-pair dataset (SNLI) every encoder goes into the siamese NLIModel: the
+    transformer on SNLI hyper-representation used to call a one-sentence classifier with four
+    inputs and fail."""
+    cfg = dict(n_classes=3, vocab_size=V, hidden=8)
+    cfg |= (
+        {"heads": 2, "layers": 1, "ffn": 16, "max_len": 9}
+        if kind == "transformer"
+        else {"embed_dim": 4}
+    )
+    model = build_model(kind, pairs=True, generator=torch.Generator().manual_seed(0), **cfg)
+    assert isinstance(model, NLIModel)
+    g = torch.Generator().manual_seed(1)
+    premise, hypothesis = (
+        torch.randint(1, V, (5, 6), generator=g),
+        torch.randint(1, V, (5, 4), generator=g),
+    )
+    lengths = torch.tensor([6, 5, 4, 3, 2]), torch.tensor([4, 4, 3, 2, 1])
+    logits = model(premise, lengths[0], hypothesis, lengths[1])
+    assert logits.shape == (5, 3) and torch.isfinite(logits).all()
+    assert not isinstance(build_model(kind, **cfg), NLIModel)

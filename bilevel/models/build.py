@@ -38,14 +38,17 @@ def build_model(
     fc: Sequence[int] | int = (),
     activation: Activation = "tanh",
     generator: torch.Generator | None = None,
+    pairs: bool = False,
     **cfg: Any,
 ) -> nn.Module:
-    """The model ``kind`` (one of :data:`MODEL_KINDS`) built from ``cfg``."""
+    """The model ``kind`` (one of :data:`MODEL_KINDS`) built from ``cfg``. ``pairs``: the inputs
+    are sentence pairs (SNLI): any encoder then goes into the siamese :class:`NLIModel` (one
+    shared encoder, features [u, v, |u−v|, u⊙v]), as ``nli_rnn`` always does."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}: expected one of {list(MODEL_KINDS)}")
     with seeded_init(generator):
-        if kind == "nli_rnn":
-            projection = cfg.pop("projection", None)
-            return NLIModel(RNNEncoder(**cfg), fc, n_classes, activation, projection)
-        encoder = RNNEncoder(**cfg) if kind == "rnn" else TransformerEncoder(**cfg)
+        projection = cfg.pop("projection", None) if kind == "nli_rnn" or pairs else None
+        encoder = TransformerEncoder(**cfg) if kind == "transformer" else RNNEncoder(**cfg)
+        if kind == "nli_rnn" or pairs:
+            return NLIModel(encoder, fc, n_classes, activation, projection)
         return SentenceClassifier(encoder, make_head(encoder.out_dim, fc, n_classes, activation))

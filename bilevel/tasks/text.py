@@ -176,7 +176,12 @@ def make_model(model: dict[str, Any], data: TextData, generator: torch.Generator
     else:
         cfg.pop("glove", None)
     return build_model(
-        kind, n_classes=data.n_classes, vocab_size=len(data.vocab), generator=generator, **cfg
+        kind,
+        n_classes=data.n_classes,
+        vocab_size=len(data.vocab),
+        generator=generator,
+        pairs=len(data.fields) == 2,
+        **cfg,
     )
 
 

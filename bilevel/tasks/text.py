@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,7 +109,23 @@ def memoised(size: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return wrap
 
 
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No ``Map:``/``Filter:`` progress bars from HF datasets while a task loads its data (they
+    are turned back on after, if they were on): a run's output is its own progress line."""
+    import datasets
+
+    was_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 @memoised(8)
+@quiet_datasets()
 def prepare(
     dataset: dict[str, Any],
     data_dir: str | None,

@@ -153,3 +153,11 @@ def test_wandb_disabled_and_offline(cli, tmp_path):
     assert data and data[0].stat().st_size > 0
     # offline W&B must not make a two-job sweep slow (it would point at a network wait)
     assert elapsed < 90, f"bilevel-run with W&B offline took {elapsed:.0f} s"
+
+
+def test_help_lists_the_groups_a_user_chooses(cli):
+    out = cli("--help")
+    assert out.returncode == 0, out.stderr
+    assert "algorithm: accbo, adambo" in out.stdout and "task: auc, hpo" in out.stdout
+    assert "slurm_gpu" in out.stdout and "docs/settings.md" in out.stdout
+    assert "algorithm/tuned" not in out.stdout and "settings/auc" not in out.stdout

@@ -170,9 +170,50 @@ def validate_command_line(argv: list[str]) -> None:
         check_config(compose(list(job)))
 
 
+HIDDEN_GROUPS = ("algorithm/tuned", "settings", "hydra")  # chosen for the user, or listed below
+
+
+def help_text() -> str:
+    """``bilevel-run --help``: the groups a user chooses from (not the internal
+    ``algorithm/tuned/*`` and ``settings/*`` ones), the top-level keys, and where to read more."""
+    root = config_dir()
+    groups: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        group = str(path.parent.relative_to(root))
+        if group == "." or group.startswith(HIDDEN_GROUPS):
+            continue
+        groups.setdefault(group, []).append(path.stem)
+    lines = [
+        "bilevel-run [KEY=VALUE ...] [-m]: one run (or, with -m, a sweep) of an algorithm on a "
+        "task.",
+        "",
+        "Groups (group=option):",
+        *(f"  {g}: {', '.join(opts)}" for g, opts in groups.items()),
+        "  hydra/launcher (with -m): basic, joblib, submitit_local, submitit_slurm, slurm_gpu "
+        "(project preset)",
+        "",
+        "Chosen for you: settings/<task>/<algorithm> and settings/data/<task>/<dataset>-<model>/"
+        "<algorithm> (the pair's step sizes, docs/settings.md); ~settings drops them.",
+        "Keys: seed, resume, force, name, trainer.{max_steps,epochs,eval_every,checkpoint_every,"
+        "device,progress}, paths.{data_dir,output_root}, any algorithm.* / task.* / model.* "
+        "argument.",
+        "",
+        "  bilevel-run algorithm=soba task=quadratic seed=3 trainer.max_steps=500",
+        "  bilevel-run -m algorithm=stocbio,soba task=quadratic seed=0,1,2",
+        "  bilevel-run algorithm=soba --cfg job    # print the composed config",
+        "",
+        "README.md (options table), docs/settings.md; Hydra's own flags: --hydra-help.",
+    ]
+    return "\n".join(lines)
+
+
 def cli() -> None:
     """Entry point of ``bilevel-run``."""
     import hydra
+
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(help_text())
+        return
 
     try:
         validate_command_line(sys.argv[1:])

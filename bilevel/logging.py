@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class MetricsLogger:
@@ -53,7 +53,7 @@ class WandbLogger(MetricsLogger):
     def __init__(
         self,
         project: str = "bilevel",
-        mode: str = "offline",
+        mode: Literal["online", "offline", "disabled", "shared"] = "offline",
         entity: str | None = None,
         group: str | None = None,
         name: str | None = None,

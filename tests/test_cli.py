@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 
@@ -161,3 +163,40 @@ def test_help_lists_the_groups_a_user_chooses(cli):
     assert "algorithm: accbo, adambo" in out.stdout and "task: auc, hpo" in out.stdout
     assert "slurm_gpu" in out.stdout and "docs/settings.md" in out.stdout
     assert "algorithm/tuned" not in out.stdout and "settings/auc" not in out.stdout
+
+
+BAD_INPUT = [
+    (["trainer.max_steps=-5"], "trainer.max_steps=-5"),
+    (["trainer.epochs=0"], "trainer.epochs="),
+    (["task.batch_size=0"], "task.batch_size=0"),
+    (["algorithm.upper.lr=-5"], "algorithm.upper.lr=-5"),
+    (["task.noise_std=-1"], "task.noise_std=-1"),
+    (["trainer.device=gpu"], "trainer.device='gpu'"),
+    (["logger=wandb", "logger.mode=onlne"], "logger.mode=onlne"),
+    (["task=hypercleaning", "task.noise_rate=1.5"], "task.noise_rate=1.5"),
+]
+
+
+@pytest.mark.parametrize("overrides,names", BAD_INPUT, ids=[c[1] for c in BAD_INPUT])
+def test_bad_input_fails_with_one_line_before_any_run_directory(
+    overrides, names, tmp_path, monkeypatch, capsys
+):
+    """Through the command-line entry point (in process): exit code 2, one line on stderr that
+    names the key and what is allowed, no traceback, nothing written."""
+    from bilevel.app import run
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["bilevel-run", "algorithm=soba", "task=quadratic", *overrides, "hydra.run.dir=out"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        run.cli()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert (
+        err.startswith("bilevel-run: error: ")
+        and names in err
+        and "expected" in err
+        or ("not one of" in err)
+    )
+    assert not (tmp_path / "out").exists()

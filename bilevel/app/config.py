@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,61 @@ def check_node(node: Any, path: str = "") -> None:
         check_node(node._get_node(key), f"{path}.{key}" if path else str(key))
 
 
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        out = []
+        for key, value in node.items():
+            out += _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [(prefix, node)]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# (what the key's last part names, the test, what is allowed): checked on every leaf of the
+# resolved config, so a value that would run silently and mean nothing fails first.
+BOUNDS: list[tuple[Any, Any, str]] = [
+    (lambda k: k in ("trainer.max_steps", "trainer.eval_every"), lambda v: v is None or v >= 1,
+     "a positive integer or null"),
+    (lambda k: k == "trainer.epochs", lambda v: v > 0, "a positive number"),
+    (lambda k: k == "trainer.checkpoint_every", lambda v: v is None or v >= 0,
+     "0 (never), a positive integer or null"),
+    (lambda k: k.rsplit(".", 1)[-1] in ("batch_size", "val_batch_size", "eval_size", "n_train",
+                                        "val_size", "n_test"),
+     lambda v: v is None or v >= 1, "a positive integer or null"),
+    (lambda k: k.rsplit(".", 1)[-1] == "lr" or k.endswith("_lr"),
+     lambda v: v is None or v >= 0, "a step size >= 0"),
+    (lambda k: k.rsplit(".", 1)[-1] in ("noise_std", "noise_lower", "noise_upper"),
+     lambda v: v >= 0, "a standard deviation >= 0"),
+    (lambda k: k.rsplit(".", 1)[-1] in ("noise_rate", "imratio"), lambda v: 0 <= v < 1,
+     "a rate in [0, 1)"),
+]  # fmt: skip
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_bounds(resolved: dict[str, Any]) -> None:
+    """Values outside what a key means (non-positive steps, epochs or batch sizes, negative step
+    sizes or noise, rates outside [0, 1), an unknown device); raise ConfigError naming the key."""
+    for key, value in _leaves(resolved):
+        if key == "trainer.device" and not DEVICE.fullmatch(str(value)):
+            raise ConfigError(f"trainer.device={value!r}: expected auto, cpu, cuda, cuda:N or mps")
+        if not (_number(value) or value is None):
+            continue
+        for applies, ok, allowed in BOUNDS:
+            if applies(key) and not ok(value):
+                raise ConfigError(f"{key}={value}: expected {allowed}")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Resolve every interpolation and check every component node; raise ConfigError."""
+    """Resolve every interpolation, check value bounds and every component node; raise
+    ConfigError."""
     try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:
         raise ConfigError(_one_line(err)) from None
+    check_bounds(resolved)
     for section in ("algorithm", "task"):
         if section in cfg:
             check_node(cfg[section], section)

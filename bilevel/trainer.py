@@ -143,26 +143,29 @@ class Trainer:
 
         ckpt = self._load_checkpoint() if self.resume else None
         self._write_info("running", 0.0, 0)
-        if self.warmup:
-            self._warmup(x, y)
         wall = 0.0
-        t0 = self._clock()
-        state = self.algorithm.init(problem, x, y)
-        wall += self._clock() - t0
         rows: list[dict[str, Any]] = []
-        if ckpt is not None:
-            state = load_state_dict(state, ckpt["state"])
-            problem.generator.set_state(ckpt["generator"])
-            counter.load_state_dict(ckpt["counter"])
-            wall, rows = ckpt["wall_s"], ckpt["rows"]
-            _restore_global_rng(ckpt["rng"])
-        for lg in self.loggers:
-            lg.start(self.run_dir, self.config, rows)
-
+        state = None
+        started: list[Any] = []
         status = "completed"
         previous = _install_signal_handlers(self.request_stop)
-        bar = _progress_bar(self.max_steps, state.t, self.progress)
-        try:
+        bar = None
+        try:  # from here on every failure is recorded: run.json says failed, with its line
+            if self.warmup:
+                self._warmup(x, y)
+            t0 = self._clock()
+            state = self.algorithm.init(problem, x, y)
+            wall += self._clock() - t0
+            if ckpt is not None:
+                state = load_state_dict(state, ckpt["state"])
+                problem.generator.set_state(ckpt["generator"])
+                counter.load_state_dict(ckpt["counter"])
+                wall, rows = ckpt["wall_s"], ckpt["rows"]
+                _restore_global_rng(ckpt["rng"])
+            for lg in self.loggers:
+                lg.start(self.run_dir, self.config, rows)
+                started.append(lg)
+            bar = _progress_bar(self.max_steps, state.t, self.progress)
             if not rows:
                 status = self._evaluate(state, counter, wall, rows) or status
             while state.t < self.max_steps and status == "completed":
@@ -182,12 +185,15 @@ class Trainer:
                     status = "interrupted"
         except Exception as err:
             status = "failed"
-            self._write_info(status, wall, state.t, counter, error=f"{type(err).__name__}: {err}")
-            for lg in self.loggers:
+            first = (str(err).strip().splitlines() or [""])[0]
+            steps = state.t if state is not None else 0
+            self._write_info(status, wall, steps, counter, error=f"{type(err).__name__}: {first}")
+            for lg in started:
                 lg.finish(status)
             raise
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             _restore_signal_handlers(previous)
         self._write_info(status, wall, state.t, counter)
         for lg in self.loggers:
@@ -264,9 +270,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "config": self.config or None,
         }
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.run_dir / CHECKPOINT)
+        _atomic_write(self.run_dir / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
@@ -307,9 +311,20 @@ class Trainer:
             info["oracle_calls"] = counter.state_dict()
         if error:
             info["error"] = error
-        tmp = self.run_dir / "run.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "run.json")
+        text = json.dumps(info, indent=2) + "\n"
+        _atomic_write(self.run_dir / "run.json", lambda tmp: tmp.write_text(text))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` to ``path``.tmp, then rename over ``path``: the previous file stays whole if the
+    write fails (a full disk, an unwritable directory), and no .tmp file is left behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fingerprint(config: dict[str, Any]) -> str:

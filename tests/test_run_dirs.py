@@ -269,3 +269,75 @@ def test_the_cli_refuses_in_one_line_and_force_replaces(cli, tmp_path):
     forced = cli(*args, "algorithm.upper.lr=0.3", "force=true")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert is_finished(run_dir, resolved("trainer.max_steps=5", "algorithm.upper.lr=0.3"))
+
+
+# Every run directory that exists says what became of its run: a failure at each stage.
+
+
+def test_failure_while_building_in_a_fresh_directory_is_recorded(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(Exception, match="odd|even"):
+        build_and_run(
+            compose(["task=unibio_synthetic", "task.p=3", "trainer.max_steps=5"]), run_dir
+        )
+    record = info(run_dir)
+    assert record["status"] == "failed" and "task.p must be an even integer" in record["error"]
+    assert len(record["error"].splitlines()) == 1
+    assert not list(run_dir.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("stage", ["init", "step", "evaluate"])
+def test_failure_in_the_trainer_is_recorded_at_every_stage(stage, tmp_path, monkeypatch):
+    from bilevel.algorithms.soba import SOBA
+    from bilevel.trainer import Trainer
+
+    calls = {"n": 0}
+
+    def broken(*args, **kwargs):
+        calls["n"] += 1
+        if stage != "step" or calls["n"] > 3:
+            raise RuntimeError(f"injected failure in {stage}")
+        return original(*args, **kwargs)
+
+    target = {"init": (SOBA, "init"), "step": (SOBA, "step"), "evaluate": (Trainer, "_evaluate")}
+    owner, name = target[stage]
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        run(tmp_path / "run")
+    record = info(tmp_path / "run")
+    assert (
+        record["status"] == "failed"
+        and record["error"] == f"RuntimeError: injected failure in {stage}"
+    )
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_full_disk_during_a_checkpoint_leaves_the_previous_one_to_resume(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    import bilevel.trainer as trainer_module
+
+    saves = {"n": 0}
+    real_save = torch.save
+
+    def save(obj, path, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the checkpoint at step 10
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.torch, "save", save)
+    run_dir = tmp_path / "run"
+    with pytest.raises(OSError, match="No space"):
+        run(run_dir)
+    assert info(run_dir)["status"] == "failed" and "No space left" in info(run_dir)["error"]
+    assert not list(run_dir.glob("*.tmp"))
+    monkeypatch.setattr(trainer_module.torch, "save", real_save)
+    result = run(run_dir, resume=True)  # continues from the step-5 checkpoint
+    assert result.status == "completed"
+    steps = pd.read_csv(run_dir / "metrics.csv").step.tolist()
+    assert steps == sorted(set(steps)) and steps[-1] == 20

@@ -19,7 +19,7 @@ from bilevel.app.config import (
     drop_unused_settings,
     settings_notice,
 )
-from bilevel.app.rundir import prepare
+from bilevel.app.rundir import error_line, prepare, record_failure
 from bilevel.app.schema import register
 
 register()
@@ -53,29 +53,34 @@ def build_and_run(
         resume=bool(cfg.get("resume", False) if resume is None else resume),
         force=bool(cfg.get("force", False) if force is None else force),
     )
-    task = instantiate(cfg.task)
-    algorithm = instantiate(cfg.algorithm)
-    loggers = []
-    if cfg.logger is not None and cfg.logger.get("_target_"):
-        loggers.append(instantiate(cfg.logger))
-    tr = cfg.trainer
-    max_steps = tr.max_steps or math.ceil(tr.epochs * task.steps_per_epoch)
-    every_epoch = task.steps_per_epoch
-    checkpoint_every = every_epoch if tr.checkpoint_every is None else tr.checkpoint_every
-    trainer = Trainer(
-        task,
-        algorithm,
-        run_dir,
-        max_steps=max_steps,
-        eval_every=tr.eval_every or every_epoch,
-        checkpoint_every=checkpoint_every or None,
-        seed=cfg.seed,
-        device=tr.device,
-        loggers=loggers,
-        config=resolved,
-        resume=plan.resume,
-        progress=tr.progress if progress is None else progress,
-    )
+    try:
+        task = instantiate(cfg.task)
+        algorithm = instantiate(cfg.algorithm)
+        loggers = []
+        if cfg.logger is not None and cfg.logger.get("_target_"):
+            loggers.append(instantiate(cfg.logger))
+        tr = cfg.trainer
+        max_steps = tr.max_steps or math.ceil(tr.epochs * task.steps_per_epoch)
+        every_epoch = task.steps_per_epoch
+        checkpoint_every = every_epoch if tr.checkpoint_every is None else tr.checkpoint_every
+        trainer = Trainer(
+            task,
+            algorithm,
+            run_dir,
+            max_steps=max_steps,
+            eval_every=tr.eval_every or every_epoch,
+            checkpoint_every=checkpoint_every or None,
+            seed=cfg.seed,
+            device=tr.device,
+            loggers=loggers,
+            config=resolved,
+            resume=plan.resume,
+            progress=tr.progress if progress is None else progress,
+        )
+    except Exception as err:
+        if plan.action == "new":  # a fresh directory records why nothing ran
+            record_failure(run_dir, resolved, error_line(err))
+        raise
     plan.start()  # from here on the directory is this run's (force: the old files go now)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return trainer.fit()
@@ -210,6 +215,7 @@ def help_text() -> str:
 def cli() -> None:
     """Entry point of ``bilevel-run``."""
     import hydra
+    from hydra.errors import InstantiationException
 
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(help_text())
@@ -226,6 +232,9 @@ def cli() -> None:
             return _main(cfg)
         except ConfigError as err:  # e.g. a run directory refused: one line, no traceback
             print(f"bilevel-run: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        except InstantiationException as err:  # bad data or a value a constructor rejects
+            print(f"bilevel-run: error: {error_line(err)}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)

@@ -253,3 +253,24 @@ def prepare(run_dir: Path, resolved: dict[str, Any], *, resume: bool, force: boo
         f"resume=true: {run_dir} holds a run (status: {status}) of {what} and no {CHECKPOINT} "
         "to continue; force=true replaces it"
     )
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error: the innermost cause (Hydra wraps a constructor's error in an
+    instantiation block) as ``Type: first line``."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def record_failure(run_dir: Path, resolved: dict[str, Any], error: str) -> None:
+    """A run that failed before its trainer started (building the task, the algorithm or the
+    loggers) in a fresh directory: ``run.json`` says ``failed`` with the error's line, so every
+    run directory that exists says what became of it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {"status": "failed", "error": error, "steps": 0, "fingerprint": fingerprint(resolved)}
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(run_dir / "run.json")

@@ -135,7 +135,7 @@ def plot_panels(
       only where a curve has more than one seed.
     - ``smooth``: optional int K: a trailing running mean over K evaluations (``min_periods=1``)
       applied to each run, i.e. per (panel, curve, seed) along x, before the statistics over seeds;
-      the y label then reads "... (running mean, w=K)". Absent or 0/1: the raw values.
+      the y label gets a second line "(running mean, w=K)". Absent or 0/1: the raw values.
 
     Rows whose y is NaN (steps without an evaluation) are dropped per metric. When the table has a
     ``step`` column and x is another column, the seeds are matched by step and each point sits at
@@ -202,7 +202,7 @@ def plot_panels(
             ax.tick_params(labelsize=8)
         ylabel = _text(ylabels[r] or metric_label(y))
         if window > 1:
-            ylabel += f" (running mean, w={window})"
+            ylabel += f"\n(running mean, w={window})"
         axes[r][0].set_ylabel(ylabel)
 
     handles = [

@@ -83,8 +83,14 @@ def runs_root_default() -> Path:
     return Path(env) if env else PACKAGE_ROOT / "outputs" / "figures"
 
 
+GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "η": "eta", "λ": "lambda", "μ": "mu",
+         "ν": "nu", "ρ": "rho", "σ": "sigma"}  # fmt: skip
+
+
 def _slug(text: str) -> str:
-    text = text.replace("σ", "sigma").replace(" ", "")
+    for letter, name in GREEK.items():
+        text = text.replace(letter, name)
+    text = text.replace(" ", "")
     return re.sub(r"[^A-Za-z0-9.=-]+", "", text) or "x"
 
 

@@ -169,11 +169,12 @@ class SNAG(LowerStrategy):
         return state["y_avg"]
 
     def run(self, problem, x, y, state, grad=None) -> None:
+        lr = self.lr * state.get("lr_scale", 1.0)  # a decaying schedule (lower_decay), as SGD
         for _ in range(self.steps):
             w = tree.add(y, tree.sub(y, state["y_prev"]), alpha=self.momentum)
             state["y_prev"] = tree.clone(y)
             g = problem.oracles.grad_y_g(x, w, problem.lower_batch())
-            tree.copy_(y, tree.add(w, g, alpha=-self.lr))
+            tree.copy_(y, tree.add(w, g, alpha=-lr))
             state["y_avg"] = tree.lerp(state["y_avg"], y, self.averaging)
 
 

@@ -147,6 +147,12 @@ def test_snag_extrapolates_and_averages():
     assert float(st["y_avg"]["y"]) == pytest.approx(0.5 * 1.0 + 0.5 * y1)
     assert float(st["y_prev"]["y"]) == pytest.approx(1.0)
     assert strat.point(y, st) is st["y_avg"]
+    # a decaying schedule (lower_decay sets lr_scale) scales SNAG's step as it does SGD's
+    y = {"y": torch.tensor([1.0], dtype=D)}
+    st = strat.init_state(tree.clone(y))
+    st["y_prev"], st["lr_scale"] = {"y": torch.tensor([2.0], dtype=D)}, 0.5
+    strat.update(pb, x, y, st, 0)
+    assert float(y["y"]) == pytest.approx(w - 0.25 * (1.0 * w - 0.0))
 
 
 def test_adam_lower_matches_torch_adam_on_the_gradient():

@@ -227,5 +227,5 @@ def save_figure(fig: plt.Figure, path_png: Path) -> list[Path]:
     path_png.parent.mkdir(parents=True, exist_ok=True)
     path_pdf = path_png.with_suffix(".pdf")
     fig.savefig(path_png, dpi=150)
-    fig.savefig(path_pdf)
+    fig.savefig(path_pdf, metadata={"CreationDate": None})  # same figure, same bytes
     return [path_png, path_pdf]

@@ -270,7 +270,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "config": self.config or None,
         }
-        _atomic_write(self.run_dir / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
+        atomic_write(self.run_dir / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
@@ -312,10 +312,10 @@ class Trainer:
         if error:
             info["error"] = error
         text = json.dumps(info, indent=2) + "\n"
-        _atomic_write(self.run_dir / "run.json", lambda tmp: tmp.write_text(text))
+        atomic_write(self.run_dir / "run.json", lambda tmp: tmp.write_text(text))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """``write`` to ``path``.tmp, then rename over ``path``: the previous file stays whole if the
     write fails (a full disk, an unwritable directory), and no .tmp file is left behind."""
     tmp = path.with_name(path.name + ".tmp")

@@ -271,6 +271,7 @@ def record_failure(run_dir: Path, resolved: dict[str, Any], error: str) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {"status": "failed", "error": error, "steps": 0, "fingerprint": fingerprint(resolved)}
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(run_dir / "run.json")
+    from bilevel.trainer import atomic_write  # the trainer's own run.json write
+
+    text = json.dumps(info, indent=2) + "\n"
+    atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(text))

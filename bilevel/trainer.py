@@ -10,6 +10,7 @@ see bilevel.app.rundir).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -111,6 +112,7 @@ class Trainer:
         progress: bool = True,
         callbacks: list[Callable[[Trainer, State], None]] | None = None,
         warmup: bool = True,
+        diverge_above: float | None = None,
     ):
         self.task, self.algorithm = task, algorithm
         self.run_dir = Path(run_dir)
@@ -124,6 +126,7 @@ class Trainer:
         self.resume, self.progress = resume, progress
         self.callbacks = callbacks or []
         self.warmup = warmup
+        self.diverge_above = diverge_above
         self._stop_requested = False
 
     # -- public --------------------------------------------------------------------------
@@ -151,11 +154,11 @@ class Trainer:
         previous = _install_signal_handlers(self.request_stop)
         bar = None
         try:  # from here on every failure is recorded: run.json says failed, with its line
-            if self.warmup:
-                self._warmup(x, y)
             t0 = self._clock()
             state = self.algorithm.init(problem, x, y)
             wall += self._clock() - t0
+            if self.warmup:
+                self._warmup(state)
             if ckpt is not None:
                 state = load_state_dict(state, ckpt["state"])
                 problem.generator.set_state(ckpt["generator"])
@@ -203,15 +206,15 @@ class Trainer:
         return RunResult(status, rows, wall, self.run_dir, {"state": state})
 
     # -- internals -------------------------------------------------------------------------
-    def _warmup(self, x, y) -> None:
-        """One throwaway init + step on copies, outside the clock: first-call costs (kernel
-        selection, lazy initialisation, allocator growth) are not charged to the algorithm.
+    def _warmup(self, state: State) -> None:
+        """One throwaway step on a copy of the initialized state, outside the clock: first-call
+        costs (kernel selection, lazy initialisation, allocator growth) are not charged to the
+        algorithm. The initialization itself (e.g. BO-REP's refinement) is not repeated.
         Training state, RNG streams and oracle counts are untouched."""
         saved = _global_rng()
         scratch_gen = torch.Generator().manual_seed(self.seed + 20_000)
         scratch = Problem(self.task, scratch_gen, horizon=self.max_steps)
-        state = self.algorithm.init(scratch, tree.clone(x), tree.clone(y))
-        self.algorithm.step(scratch, state)
+        self.algorithm.step(scratch, copy.deepcopy(state))
         self._clock()
         _restore_global_rng(saved)
 
@@ -255,9 +258,18 @@ class Trainer:
             lg.log(row)
         upper = row.get("upper_loss", 0.0)
         bad_estimate = hg is not None and not math.isfinite(row["hypergrad_norm"])
-        if not finite or not math.isfinite(upper) or bad_estimate:
+        if not finite or not math.isfinite(upper) or bad_estimate or self._blew_up(row):
             return "diverged"
         return None
+
+    def _blew_up(self, row: dict[str, Any]) -> bool:
+        """The blow-up guard (``trainer.diverge_above``): a finite but runaway loss or
+        hypergradient (e.g. 3e27) marks the run diverged, as a non-finite one does."""
+        limit = self.diverge_above
+        if limit is None:
+            return False
+        watched = (row.get(k) for k in ("upper_loss", "lower_loss", "hypergrad_norm"))
+        return any(isinstance(v, (int, float)) and abs(v) > limit for v in watched)
 
     def _save_checkpoint(self, state, problem, counter, wall, rows) -> None:
         payload = {

@@ -202,3 +202,41 @@ def test_build_and_run_writes_the_run_directory(tiny_cfg, run_cfg, tmp_path):
     assert (info["seed"], info["steps"], info["max_steps"]) == (3, 20, 20)
     assert df["step"].iloc[-1] == 20 and result.rows[-1]["step"] == 20
     assert (tmp_path / CHECKPOINT).exists()  # a completed run keeps its final checkpoint
+
+
+WARMUP_ALGORITHMS = [
+    "stocbio", "ttsa", "soba", "ma_soba", "bo_rep", "slip", "adambo", "accbo", "vr_adambo",
+    "sustain", "vrbo", "f2sa", "unibio",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", WARMUP_ALGORITHMS)
+def test_warmup_runs_init_once_and_changes_nothing(algorithm, tmp_path, monkeypatch):
+    """The warm-up step runs on a copy of the initialized state (issue #13: it used to repeat
+    ``algorithm.init``, e.g. BO-REP's 75-step refinement): init is called once, and the metrics
+    equal those of the same run without warm-up."""
+    cfg = compose([f"algorithm={algorithm}", *NOISY[1:], "trainer.max_steps=6",
+                   "trainer.eval_every=3", "trainer.checkpoint_every=0"])  # fmt: skip
+    frames = []
+    for warmup in (True, False):
+        trainer = make_trainer(cfg, tmp_path / str(warmup), warmup=warmup)
+        calls: list[int] = []
+
+        def counted_init(*args, calls=calls, real_init=trainer.algorithm.init):
+            calls.append(1)
+            return real_init(*args)
+
+        monkeypatch.setattr(trainer.algorithm, "init", counted_init)
+        assert trainer.fit().status == "completed"
+        assert len(calls) == 1
+        frames.append(read(tmp_path / str(warmup))[0])
+    assert_same_run(*frames)
+
+
+def test_blow_up_guard_marks_a_runaway_loss_diverged(tmp_path):
+    """A finite but runaway loss is 'diverged' under trainer.diverge_above, 'completed' without."""
+    cfg = compose([*NOISY, "trainer.max_steps=10", "trainer.checkpoint_every=0"])
+    first = make_trainer(cfg, tmp_path / "a", diverge_above=1e-3).fit()
+    assert first.status == "diverged"
+    assert read(tmp_path / "a")[1]["status"] == "diverged"
+    assert make_trainer(cfg, tmp_path / "b", diverge_above=None).fit().status == "completed"

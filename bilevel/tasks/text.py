@@ -25,6 +25,7 @@ from bilevel.data import (
     Vocab,
     build_vocab,
     encode,
+    find_gz_or_plain,
     glove_embeddings,
     load_amazon,
     load_sentiment140,
@@ -173,7 +174,8 @@ def prepare(
         )
     embeddings, coverage = None, None
     if dataset.get("glove"):
-        glove = glove_embeddings(vocab, Path(root) / dataset["glove"], seed=seed)
+        glove_file = find_gz_or_plain(Path(root) / dataset["glove"])  # kept gzipped or not
+        glove = glove_embeddings(vocab, glove_file, seed=seed)
         embeddings, coverage = glove.weight, glove.coverage
     return TextData(padded, vocab, fields, int(dataset["n_classes"]), embeddings, coverage)
 

@@ -29,6 +29,7 @@ import torch
 from bilevel import tree
 from bilevel.algorithms.base import Algorithm, State, load_state_dict, params_finite, state_dict
 from bilevel.logging import CSVLogger, MetricsLogger
+from bilevel.memory import peak_mb, reset_peak
 from bilevel.oracles import OracleCounter
 from bilevel.problem import Problem
 
@@ -145,6 +146,7 @@ class Trainer:
         x, y = self.task.init_params(init_gen)
 
         ckpt = self._load_checkpoint() if self.resume else None
+        reset_peak(self.device)
         self._write_info("running", 0.0, 0)
         wall = 0.0
         rows: list[dict[str, Any]] = []
@@ -319,6 +321,7 @@ class Trainer:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "fingerprint": self.fingerprint,
         }
+        info["peak_memory_mb"], info["peak_memory_kind"] = peak_mb(self.device)
         if counter is not None:
             info["oracle_calls"] = counter.state_dict()
         if error:

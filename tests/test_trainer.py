@@ -240,3 +240,26 @@ def test_blow_up_guard_marks_a_runaway_loss_diverged(tmp_path):
     assert first.status == "diverged"
     assert read(tmp_path / "a")[1]["status"] == "diverged"
     assert make_trainer(cfg, tmp_path / "b", diverge_above=None).fit().status == "completed"
+
+
+def test_run_json_records_the_peak_memory_of_the_run(tmp_path):
+    """Issue #12: run.json has the run's peak memory (CPU: the resident high-water mark, reset
+    at the start of each run, so a run that allocates 400 MB more shows it and the next run in
+    the same process does not inherit it)."""
+    cfg = compose([*NOISY, "trainer.max_steps=4", "trainer.checkpoint_every=0"])
+
+    held: list[torch.Tensor] = []
+
+    def grow(trainer, state):  # 400 MB more, kept alive until the run ends
+        if not held:
+            held.append(torch.ones(100_000_000))
+
+    big = make_trainer(cfg, tmp_path / "big", callbacks=[grow]).fit()
+    held.clear()
+    small = make_trainer(cfg, tmp_path / "small").fit()
+    assert big.status == small.status == "completed"
+    info_big, info_small = (read(tmp_path / n)[1] for n in ("big", "small"))
+    assert info_big["peak_memory_kind"].startswith("cpu_max_rss")
+    assert info_small["peak_memory_mb"] > 50
+    if info_small["peak_memory_kind"] == "cpu_max_rss":  # Linux: reset per run
+        assert info_big["peak_memory_mb"] > info_small["peak_memory_mb"] + 300

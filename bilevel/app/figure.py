@@ -164,6 +164,7 @@ def gather(name: str, runs: list[PlannedRun], runs_dir: Path):
         df.insert(0, "curve", r.curve)
         df.insert(0, "panel", r.panel)
         df["status"] = info["status"]
+        df["peak_memory_mb"] = info.get("peak_memory_mb", float("nan"))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
@@ -181,7 +182,7 @@ def summary_metrics(entry: dict[str, Any]) -> list[str]:
 def summarize(table, entry: dict[str, Any]):
     """Per panel and curve: seeds, for each summarized metric its final value and its mean over
     the last k evaluations (median over seeds), train seconds and oracle calls (median over
-    seeds), diverged seeds."""
+    seeds), peak memory (run.json, median over seeds), diverged seeds."""
     import pandas as pd
 
     k = entry.get("summary", {}).get("last_k", 1)
@@ -196,6 +197,8 @@ def summarize(table, entry: dict[str, Any]):
         last = g.sort_values("step").groupby("seed").tail(1)
         row["train_seconds"] = last["wall_s"].median()
         row["oracle_calls"] = last["oracle_calls"].median()
+        if "peak_memory_mb" in last:  # tables made before run.json recorded it lack it
+            row["peak_memory_mb"] = last["peak_memory_mb"].median()
         row["diverged"] = int((last["status"] == "diverged").sum())
         rows.append(row)
     return pd.DataFrame(rows)

@@ -278,7 +278,7 @@ class TextTask(Task):
             split = getattr(self, name, None)
             if split is not None:
                 setattr(self, name, split.to(self.device))
-        self.eval_index = {k: v.to(self.device) for k, v in getattr(self, "eval_index", {}).items()}
+        # eval_index stays on the host: gather moves it, and trims to the rows' longest sentence
         if self.module is not None:
             self.module.to(self.device)
         return self
@@ -291,7 +291,7 @@ class TextTask(Task):
 
     def draw(self, split: PaddedSplit, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """``n`` rows of ``split`` uniformly with replacement (indices from the CPU generator)."""
-        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
+        idx = torch.randint(len(split), (n,), generator=generator)  # on the host: see gather
         return split.gather(idx)
 
     def fix_eval_rows(self, seed: int, labels: dict[str, Tensor] | None = None) -> None:

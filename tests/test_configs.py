@@ -153,6 +153,9 @@ REFUSED = {  # (task, dataset, model) -> what the one line names
     ("*", "trec", "nli_rnn"): "needs sentence pairs",
     ("auc", "snli", "*"): "binary",
     ("auc", "trec", "*"): "binary",
+    ("hyperrep_amazon", "snli", "*"): "review domains",
+    ("hyperrep_amazon", "sentiment140", "*"): "review domains",
+    ("hyperrep_amazon", "trec", "*"): "review domains",
 }
 
 

@@ -198,6 +198,12 @@ def check_combination(resolved: dict[str, Any]) -> None:
             f"model=nli_rnn needs sentence pairs (dataset=snli); dataset={dataset} has one "
             "sentence per sample: use model=rnn or model=transformer"
         )
+    if task.get("group_by") == "domain_id" and dataset != "amazon":
+        raise ConfigError(
+            f"task.group_by=domain_id draws meta-learning tasks from Amazon's review domains: "
+            f"dataset={dataset} has none; use dataset=amazon (or task=hyperrep for episodes by "
+            "class)"
+        )
     classes = (resolved.get("dataset") or {}).get("n_classes")
     if task_name == "DeepAUC" and classes not in (None, 2):
         raise ConfigError(

@@ -139,13 +139,15 @@ def run_missing(
     runs_dir: Path,
     jobs: int = 1,
     launcher: list[str] | None = None,
+    share_root: Path | None = None,
 ) -> list[str]:
-    """Launch every planned run that is not done (into ``runs_dir/<run id>``); return the ids
-    of failed runs."""
+    """Launch every planned run that is not done (into ``runs_dir/<run id>``); a finished run of
+    the same config by another figure below ``share_root`` is copied instead. Return the ids of
+    failed runs."""
     from bilevel.app.jobs import Job, run_pending
 
     batch = [Job(r.run_id, runs_dir / r.run_id, r.overrides) for r in runs]
-    outcomes = run_pending(name, batch, jobs, launcher, runs_dir)
+    outcomes = run_pending(name, batch, jobs, launcher, runs_dir, share_root)
     return [label for label, outcome in outcomes.items() if outcome.status == "failed"]
 
 
@@ -237,7 +239,8 @@ def make_figure(
     entry = load_entry(name, registry)
     run_overrides, launcher = split_launcher_overrides(list(overrides or []))
     variant = variant_of(run_overrides)
-    runs_dir = (runs_root or runs_root_default()) / name / variant
+    runs_root = runs_root or runs_root_default()
+    runs_dir = runs_root / name / variant
     results_dir = results_dir or RESULTS
     paths = results_paths(name, variant, results_dir)
     runs = plan(entry, run_overrides)
@@ -247,7 +250,7 @@ def make_figure(
         table = pd.read_csv(paths["table"])
     else:
         if run:
-            failed = run_missing(name, runs, runs_dir, jobs, launcher)
+            failed = run_missing(name, runs, runs_dir, jobs, launcher, share_root=runs_root)
             if failed:
                 raise RuntimeError(
                     f"{len(failed)} run(s) failed: {', '.join(failed)}; see their run.json "

@@ -150,6 +150,13 @@ def _overrides_of(argv: list[str]) -> tuple[list[str], bool] | None:
             continue
         if arg in ("-m", "--multirun"):
             multirun = True
+        elif arg in ("-c", "--cfg", "--info", "-i", "--shell-completion", "-sc") and (
+            "-m" in argv or "--multirun" in argv
+        ):
+            raise ConfigError(
+                f"{arg} prints one job's config and cannot be combined with -m/--multirun: drop "
+                "-m (and give one value per key) to see a job's config"
+            )
         elif arg in (
             "-h",
             "--help",

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from bilevel import tree
 from bilevel.algorithms.base import Algorithm, State, load_state_dict, params_finite, state_dict
@@ -114,6 +115,7 @@ class Trainer:
         callbacks: list[Callable[[Trainer, State], None]] | None = None,
         warmup: bool = True,
         diverge_above: float | None = None,
+        log_every: int | None = None,
     ):
         self.task, self.algorithm = task, algorithm
         self.run_dir = Path(run_dir)
@@ -128,6 +130,8 @@ class Trainer:
         self.callbacks = callbacks or []
         self.warmup = warmup
         self.diverge_above = diverge_above
+        self.log_every = log_every
+        self._steps = StepNorms(log_every)
         self._stop_requested = False
 
     # -- public --------------------------------------------------------------------------
@@ -166,10 +170,12 @@ class Trainer:
                 problem.generator.set_state(ckpt["generator"])
                 counter.load_state_dict(ckpt["counter"])
                 wall, rows = ckpt["wall_s"], ckpt["rows"]
+                self._steps.rows = ckpt.get("step_rows", [])
                 _restore_global_rng(ckpt["rng"])
             for lg in self.loggers:
                 lg.start(self.run_dir, self.config, rows)
                 started.append(lg)
+            self._steps.start(self.run_dir)
             bar = _progress_bar(self.max_steps, state.t, self.progress)
             if not rows:
                 status = self._evaluate(state, counter, wall, rows) or status
@@ -180,7 +186,9 @@ class Trainer:
                 bar.update(1)
                 for cb in self.callbacks:
                     cb(self, state)
+                self._steps.record(state)
                 if state.t % self.eval_every == 0 or state.t == self.max_steps:
+                    self._steps.flush()
                     status = self._evaluate(state, counter, wall, rows) or status
                     bar.set_postfix(_short(rows[-1]), refresh=False)
                 if self.checkpoint_every and state.t % self.checkpoint_every == 0:
@@ -274,7 +282,9 @@ class Trainer:
         return any(isinstance(v, (int, float)) and abs(v) > limit for v in watched)
 
     def _save_checkpoint(self, state, problem, counter, wall, rows) -> None:
+        self._steps.flush()
         payload = {
+            "step_rows": self._steps.rows,
             "state": state_dict(state),
             "generator": problem.generator.get_state(),
             "counter": counter.state_dict(),
@@ -328,6 +338,48 @@ class Trainer:
             info["error"] = error
         text = json.dumps(info, indent=2) + "\n"
         atomic_write(self.run_dir / "run.json", lambda tmp: tmp.write_text(text))
+
+
+class StepNorms:
+    """``steps.csv`` (``trainer.log_every``): every k steps, the norms of the step's hypergradient
+    estimate, of ∇ₓf and of its second-order part (e.g. AdamBO's ratio ‖∇²ₓᵧg·v‖ / ‖h‖, App. J),
+    without an evaluation. The norms stay on the device and are written at the next evaluation
+    or checkpoint with one host transfer, so logging every step adds no sync per step."""
+
+    COLUMNS = ("hypergrad_norm", "grad_x_f_norm", "second_order_norm")
+
+    def __init__(self, every: int | None):
+        self.every = every
+        self.rows: list[dict[str, float]] = []
+        self._pending: list[tuple[int, Tensor]] = []
+        self._csv = CSVLogger("steps.csv")
+        self._on = False
+
+    def start(self, run_dir: Path) -> None:
+        if self.every:
+            self._csv.start(run_dir, {}, self.rows)
+            self._on = True
+
+    def record(self, state: State) -> None:
+        hg = state.hypergrad
+        if not self._on or hg is None or state.t % self.every:
+            return
+        norm = tree.norm(hg.value).detach().float()  # stays on the device until flush()
+        nan = torch.full_like(norm, math.nan)
+        parts = (hg.grad_x_f, hg.second_order)
+        others = [tree.norm(v).detach().float() if v is not None else nan for v in parts]
+        self._pending.append((state.t, torch.stack([norm, *others])))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        values = torch.stack([v for _, v in self._pending]).tolist()  # one transfer
+        for (t, _), row in zip(self._pending, values, strict=True):
+            entry = {"step": t, **dict(zip(self.COLUMNS, row, strict=True))}
+            entry["second_order_ratio"] = row[2] / row[0] if row[0] else math.nan
+            self.rows.append(entry)
+            self._csv.log(entry)
+        self._pending = []
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:

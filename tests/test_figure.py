@@ -74,6 +74,7 @@ def test_make_figure_runs_then_reuses(registry, tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "results" / "t" / "tiny_summary.csv")
     assert list(summary.seeds) == [1, 1, 2, 2]
     assert (summary.true_hypergrad_norm_final > 0).all()
+    assert (summary.peak_memory_mb > 50).all()  # from each run's run.json
     assert "6 to run" in capsys.readouterr().out
     make_figure("t/tiny", jobs=1, **kw)  # everything reused
     assert "6 reused, 0 to run" in capsys.readouterr().out

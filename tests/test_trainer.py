@@ -263,3 +263,24 @@ def test_run_json_records_the_peak_memory_of_the_run(tmp_path):
     assert info_small["peak_memory_mb"] > 50
     if info_small["peak_memory_kind"] == "cpu_max_rss":  # Linux: reset per run
         assert info_big["peak_memory_mb"] > info_small["peak_memory_mb"] + 300
+
+
+def test_steps_csv_logs_the_hypergradient_norms_every_k_steps_and_resumes(reference, tmp_path):
+    """trainer.log_every: steps.csv has the norms at every k-th step (the same value as the
+    evaluation rows at the shared steps), and an interrupted run resumes it without gaps or
+    repeats."""
+    cfg, _, ref, _ = reference
+
+    def stop_at_25(trainer, state):
+        if state.t == 25:
+            trainer.request_stop()
+
+    first = make_trainer(cfg, tmp_path, log_every=2, callbacks=[stop_at_25]).fit()
+    assert first.status == "interrupted"
+    assert make_trainer(cfg, tmp_path, log_every=2, resume=True).fit().status == "completed"
+    steps = pd.read_csv(tmp_path / "steps.csv")
+    assert steps["step"].tolist() == list(range(2, 61, 2))
+    assert (steps["hypergrad_norm"] > 0).all() and steps["second_order_norm"].notna().all()
+    at_evals = steps.set_index("step").loc[[10, 20, 30], "hypergrad_norm"].to_numpy()
+    expected = ref.set_index("step").loc[[10, 20, 30], "hypergrad_norm"].to_numpy()
+    assert at_evals == pytest.approx(expected, rel=1e-5)

@@ -140,7 +140,7 @@ BOUNDS: list[tuple[Any, Any, str]] = [
     (lambda k: k in ("trainer.max_steps", "trainer.eval_every"), lambda v: v is None or v >= 1,
      "a positive integer or null"),
     (lambda k: k == "trainer.epochs", lambda v: v > 0, "a positive number"),
-    (lambda k: k == "trainer.num_threads", lambda v: v is None or v >= 1,
+    (lambda k: k in ("trainer.num_threads", "trainer.log_every"), lambda v: v is None or v >= 1,
      "a positive integer or null"),
     (lambda k: k == "trainer.diverge_above", lambda v: v is None or v > 0,
      "a positive number or null"),

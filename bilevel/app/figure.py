@@ -151,13 +151,15 @@ def run_missing(
     return [label for label, outcome in outcomes.items() if outcome.status == "failed"]
 
 
-def gather(name: str, runs: list[PlannedRun], runs_dir: Path):
+def gather(name: str, runs: list[PlannedRun], runs_dir: Path, table: str = "metrics"):
+    """Every run's table (``metrics``: one row per evaluation; ``steps``: the hypergradient
+    norms every ``trainer.log_every`` steps) with panel, curve, seed, status and peak memory."""
     import pandas as pd
 
     frames = []
     for r in runs:
         run_dir = runs_dir / r.run_id
-        metrics = run_dir / "metrics.csv"
+        metrics = run_dir / f"{table}.csv"
         if not metrics.exists():
             raise ConfigError(f"{metrics} is missing; run 'bilevel-figure {name}' without --no-run")
         df = pd.read_csv(metrics)
@@ -197,8 +199,9 @@ def summarize(table, entry: dict[str, Any]):
             row[f"{y}_final"] = evals.last().median()
             row[f"{y}_mean_last{k}"] = evals.apply(lambda s: s.tail(k).mean()).median()
         last = g.sort_values("step").groupby("seed").tail(1)
-        row["train_seconds"] = last["wall_s"].median()
-        row["oracle_calls"] = last["oracle_calls"].median()
+        for column, name in (("wall_s", "train_seconds"), ("oracle_calls", "oracle_calls")):
+            if column in last:  # not in a steps.csv table
+                row[name] = last[column].median()
         if "peak_memory_mb" in last:  # tables made before run.json recorded it lack it
             row["peak_memory_mb"] = last["peak_memory_mb"].median()
         row["diverged"] = int((last["status"] == "diverged").sum())
@@ -269,10 +272,10 @@ def make_figure(
                     f"--no-run: {len(missing)} of {len(runs)} run(s) missing or stale, e.g. "
                     f"{missing[0]} (under {runs_dir})"
                 )
-        table = gather(name, runs, runs_dir)
+        table = gather(name, runs, runs_dir, entry.get("table", "metrics"))
         plot = entry["plot"]
         keep = ["panel", "curve", "seed", "step", "epoch", "wall_s", "oracle_calls", "samples"]
-        keep += ["status", *_as_list(plot["x"]), *summary_metrics(entry)]
+        keep += ["status", "peak_memory_mb", *_as_list(plot["x"]), *summary_metrics(entry)]
         table = table[list(dict.fromkeys(c for c in keep if c in table.columns))]
         paths["table"].parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(paths["table"], index=False, float_format="%.6g")

@@ -79,6 +79,7 @@ def build_and_run(
             resume=plan.resume,
             progress=tr.progress if progress is None else progress,
             diverge_above=tr.get("diverge_above"),
+            log_every=tr.get("log_every"),
         )
     except Exception as err:
         if plan.action == "new":  # a fresh directory records why nothing ran

@@ -36,7 +36,7 @@ from bilevel.app.config import PACKAGE_ROOT, ConfigError
 REGISTRY = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
 ENTRY_KEYS = {"title", "experiment", "seeds", "panels", "curves", "plot", "summary", "claims"}
-ENTRY_KEYS |= {"notes", "paper", "spec"}
+ENTRY_KEYS |= {"notes", "paper", "spec", "table"}
 DEFAULT_VARIANT = "default"
 
 

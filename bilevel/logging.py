@@ -45,6 +45,20 @@ class CSVLogger(MetricsLogger):
             writer.writerow(row)
 
 
+def default_names(run_dir: Path, config: dict[str, Any]) -> dict[str, str]:
+    """W&B ``name`` and ``group`` when ``logger.name``/``logger.group`` are null: the name is the
+    root ``name`` key, else ``<Algorithm>-<task>-seed<N>``; the group is the sweep directory
+    of a multirun job (``<date>/<time>``; Hydra writes ``multirun.yaml`` there), else none
+    (``bilevel-figure NAME logger=wandb logger.group=NAME`` groups a figure's runs)."""
+    algorithm = str((config.get("algorithm") or {}).get("_target_", "run")).rsplit(".", 1)[-1]
+    task = str((config.get("task") or {}).get("_target_", "task")).rsplit(".", 1)[-1]
+    names = {"name": config.get("name") or f"{algorithm}-{task}-seed{config.get('seed', 0)}"}
+    parent = run_dir.resolve().parent
+    if (parent / "multirun.yaml").exists():
+        names["group"] = f"{parent.parent.name}/{parent.name}"
+    return names
+
+
 class WandbLogger(MetricsLogger):
     """Mirrors the rows to Weights & Biases (``wandb.init``/``log``/``finish``); ``mode`` is
     ``online``, ``offline`` (sync later with ``wandb sync``) or ``disabled``. The run is finished
@@ -72,9 +86,9 @@ class WandbLogger(MetricsLogger):
     def start(self, run_dir, config, rows):
         import wandb
 
-        self.run = wandb.init(
-            dir=str(run_dir), config=config, reinit="finish_previous", **self.kwargs
-        )
+        kwargs = {**self.kwargs, **default_names(Path(run_dir), config)}
+        kwargs.update({k: v for k, v in self.kwargs.items() if v is not None})
+        self.run = wandb.init(dir=str(run_dir), config=config, reinit="finish_previous", **kwargs)
         for row in rows:
             self.log(row)
 

@@ -209,10 +209,13 @@ def plot_panels(
         Line2D([], [], color=color_of[c], lw=1.4, label=_text(c)) for c in curve_order if c in drawn
     ]
     if handles:
+        # as many columns as fit the figure's width (9-pt labels: ~0.075 in a character)
+        per_entry = 0.45 + 0.075 * max(len(h.get_label()) for h in handles)
+        fits = max(1, int(fig.get_size_inches()[0] / per_entry))
         fig.legend(
             handles=handles,
             loc="outside lower center",
-            ncol=min(len(handles), 6),
+            ncol=min(len(handles), 6, fits),
             frameon=False,
             fontsize=9,
         )

@@ -10,6 +10,7 @@ see bilevel.app.rundir).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -24,10 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from bilevel import tree
 from bilevel.algorithms.base import Algorithm, State, load_state_dict, params_finite, state_dict
 from bilevel.logging import CSVLogger, MetricsLogger
+from bilevel.memory import peak_mb, reset_peak
 from bilevel.oracles import OracleCounter
 from bilevel.problem import Problem
 
@@ -111,6 +114,8 @@ class Trainer:
         progress: bool = True,
         callbacks: list[Callable[[Trainer, State], None]] | None = None,
         warmup: bool = True,
+        diverge_above: float | None = None,
+        log_every: int | None = None,
     ):
         self.task, self.algorithm = task, algorithm
         self.run_dir = Path(run_dir)
@@ -124,6 +129,9 @@ class Trainer:
         self.resume, self.progress = resume, progress
         self.callbacks = callbacks or []
         self.warmup = warmup
+        self.diverge_above = diverge_above
+        self.log_every = log_every
+        self._steps = StepNorms(log_every)
         self._stop_requested = False
 
     # -- public --------------------------------------------------------------------------
@@ -142,6 +150,7 @@ class Trainer:
         x, y = self.task.init_params(init_gen)
 
         ckpt = self._load_checkpoint() if self.resume else None
+        reset_peak(self.device)
         self._write_info("running", 0.0, 0)
         wall = 0.0
         rows: list[dict[str, Any]] = []
@@ -151,20 +160,22 @@ class Trainer:
         previous = _install_signal_handlers(self.request_stop)
         bar = None
         try:  # from here on every failure is recorded: run.json says failed, with its line
-            if self.warmup:
-                self._warmup(x, y)
             t0 = self._clock()
             state = self.algorithm.init(problem, x, y)
             wall += self._clock() - t0
+            if self.warmup:
+                self._warmup(state)
             if ckpt is not None:
                 state = load_state_dict(state, ckpt["state"])
                 problem.generator.set_state(ckpt["generator"])
                 counter.load_state_dict(ckpt["counter"])
                 wall, rows = ckpt["wall_s"], ckpt["rows"]
+                self._steps.rows = ckpt.get("step_rows", [])
                 _restore_global_rng(ckpt["rng"])
             for lg in self.loggers:
                 lg.start(self.run_dir, self.config, rows)
                 started.append(lg)
+            self._steps.start(self.run_dir)
             bar = _progress_bar(self.max_steps, state.t, self.progress)
             if not rows:
                 status = self._evaluate(state, counter, wall, rows) or status
@@ -175,7 +186,9 @@ class Trainer:
                 bar.update(1)
                 for cb in self.callbacks:
                     cb(self, state)
+                self._steps.record(state)
                 if state.t % self.eval_every == 0 or state.t == self.max_steps:
+                    self._steps.flush()
                     status = self._evaluate(state, counter, wall, rows) or status
                     bar.set_postfix(_short(rows[-1]), refresh=False)
                 if self.checkpoint_every and state.t % self.checkpoint_every == 0:
@@ -203,15 +216,15 @@ class Trainer:
         return RunResult(status, rows, wall, self.run_dir, {"state": state})
 
     # -- internals -------------------------------------------------------------------------
-    def _warmup(self, x, y) -> None:
-        """One throwaway init + step on copies, outside the clock: first-call costs (kernel
-        selection, lazy initialisation, allocator growth) are not charged to the algorithm.
+    def _warmup(self, state: State) -> None:
+        """One throwaway step on a copy of the initialized state, outside the clock: first-call
+        costs (kernel selection, lazy initialisation, allocator growth) are not charged to the
+        algorithm. The initialization itself (e.g. BO-REP's refinement) is not repeated.
         Training state, RNG streams and oracle counts are untouched."""
         saved = _global_rng()
         scratch_gen = torch.Generator().manual_seed(self.seed + 20_000)
         scratch = Problem(self.task, scratch_gen, horizon=self.max_steps)
-        state = self.algorithm.init(scratch, tree.clone(x), tree.clone(y))
-        self.algorithm.step(scratch, state)
+        self.algorithm.step(scratch, copy.deepcopy(state))
         self._clock()
         _restore_global_rng(saved)
 
@@ -255,12 +268,23 @@ class Trainer:
             lg.log(row)
         upper = row.get("upper_loss", 0.0)
         bad_estimate = hg is not None and not math.isfinite(row["hypergrad_norm"])
-        if not finite or not math.isfinite(upper) or bad_estimate:
+        if not finite or not math.isfinite(upper) or bad_estimate or self._blew_up(row):
             return "diverged"
         return None
 
+    def _blew_up(self, row: dict[str, Any]) -> bool:
+        """The blow-up guard (``trainer.diverge_above``): a finite but runaway loss or
+        hypergradient (e.g. 3e27) marks the run diverged, as a non-finite one does."""
+        limit = self.diverge_above
+        if limit is None:
+            return False
+        watched = (row.get(k) for k in ("upper_loss", "lower_loss", "hypergrad_norm"))
+        return any(isinstance(v, (int, float)) and abs(v) > limit for v in watched)
+
     def _save_checkpoint(self, state, problem, counter, wall, rows) -> None:
+        self._steps.flush()
         payload = {
+            "step_rows": self._steps.rows,
             "state": state_dict(state),
             "generator": problem.generator.get_state(),
             "counter": counter.state_dict(),
@@ -307,12 +331,55 @@ class Trainer:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "fingerprint": self.fingerprint,
         }
+        info["peak_memory_mb"], info["peak_memory_kind"] = peak_mb(self.device)
         if counter is not None:
             info["oracle_calls"] = counter.state_dict()
         if error:
             info["error"] = error
         text = json.dumps(info, indent=2) + "\n"
         atomic_write(self.run_dir / "run.json", lambda tmp: tmp.write_text(text))
+
+
+class StepNorms:
+    """``steps.csv`` (``trainer.log_every``): every k steps, the norms of the step's hypergradient
+    estimate, of ∇ₓf and of its second-order part (e.g. AdamBO's ratio ‖∇²ₓᵧg·v‖ / ‖h‖, App. J),
+    without an evaluation. The norms stay on the device and are written at the next evaluation
+    or checkpoint with one host transfer, so logging every step adds no sync per step."""
+
+    COLUMNS = ("hypergrad_norm", "grad_x_f_norm", "second_order_norm")
+
+    def __init__(self, every: int | None):
+        self.every = every
+        self.rows: list[dict[str, float]] = []
+        self._pending: list[tuple[int, Tensor]] = []
+        self._csv = CSVLogger("steps.csv")
+        self._on = False
+
+    def start(self, run_dir: Path) -> None:
+        if self.every:
+            self._csv.start(run_dir, {}, self.rows)
+            self._on = True
+
+    def record(self, state: State) -> None:
+        hg = state.hypergrad
+        if not self._on or hg is None or state.t % self.every:
+            return
+        norm = tree.norm(hg.value).detach().float()  # stays on the device until flush()
+        nan = torch.full_like(norm, math.nan)
+        parts = (hg.grad_x_f, hg.second_order)
+        others = [tree.norm(v).detach().float() if v is not None else nan for v in parts]
+        self._pending.append((state.t, torch.stack([norm, *others])))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        values = torch.stack([v for _, v in self._pending]).tolist()  # one transfer
+        for (t, _), row in zip(self._pending, values, strict=True):
+            entry = {"step": t, **dict(zip(self.COLUMNS, row, strict=True))}
+            entry["second_order_ratio"] = row[2] / row[0] if row[0] else math.nan
+            self.rows.append(entry)
+            self._csv.log(entry)
+        self._pending = []
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:

@@ -10,12 +10,16 @@ gradient ∇ᵧg:
   * a Q-term Neumann series on one ``LowerGraph`` (one forward) against Q separate HVP calls
     (one forward each), the straightforward implementation.
 
-    python scripts/bench_oracles.py [--repeats 20] [--out results/bench_oracles.csv]
+Timings are interleaved (each round calls every variant once) and summarized by their median.
+
+    python scripts/bench_oracles.py [--repeats 20] [--batch 128] [--length 24]
+        [--out results/bench_oracles.csv]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,9 +51,9 @@ class WeightedTask:
 
 
 class LSTMClassifier(nn.Module):
-    def __init__(self, d: int, h: int):
+    def __init__(self, d: int, h: int, layers: int = 2):
         super().__init__()
-        self.rnn = nn.LSTM(d, h, num_layers=2, batch_first=True)
+        self.rnn = nn.LSTM(d, h, num_layers=layers, batch_first=True)
         self.head = nn.Linear(h, 2)
 
     def forward(self, s):
@@ -68,12 +72,18 @@ class TransformerClassifier(nn.Module):
         return self.head(self.enc(s).mean(dim=1))
 
 
-def timeit(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function over ``repeats`` rounds; each round calls every function
+    once, in turn, so a change of machine load hits all of them alike (a ratio measured this
+    way does not flip between reruns as block-after-block timing did). One warm-up round."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for round_ in range(repeats + 1):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                samples[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def bench(name: str, model: nn.Module, n: int, seq: int, d: int, q: int, repeats: int):
@@ -107,18 +117,20 @@ def bench(name: str, model: nn.Module, n: int, seq: int, d: int, q: int, repeats
             )
             torch.autograd.grad(g, list(yl.values()), [v[k] for k in yl])
 
-    times = {
-        "grad_y_g": timeit(grad, repeats),
-        "hvp": timeit(lambda: oracles.hvp(x, y, v, batch), repeats),
-        "hvp, fused CPU kernels kept": timeit(hvp_fused, repeats),
-        "cross": timeit(lambda: oracles.cross(x, y, v, batch), repeats),
-        "hvp_cross (one pass)": timeit(lambda: oracles.hvp_cross(x, y, v, batch), repeats),
-        "hvp + cross (separate)": timeit(
-            lambda: (oracles.hvp(x, y, v, batch), oracles.cross(x, y, v, batch)), repeats
+    fns: dict[str, Callable[[], object]] = {
+        "grad_y_g": grad,
+        "hvp": lambda: oracles.hvp(x, y, v, batch),
+        "hvp, fused CPU kernels kept": hvp_fused,
+        "cross": lambda: oracles.cross(x, y, v, batch),
+        "hvp_cross (one pass)": lambda: oracles.hvp_cross(x, y, v, batch),
+        "hvp + cross (separate)": lambda: (
+            oracles.hvp(x, y, v, batch),
+            oracles.cross(x, y, v, batch),
         ),
-        f"neumann Q={q}, one graph": timeit(neumann_shared, repeats),
-        f"neumann Q={q}, naive": timeit(neumann_naive, repeats),
+        f"neumann Q={q}, one graph": neumann_shared,
+        f"neumann Q={q}, naive": neumann_naive,
     }
+    times = time_interleaved(fns, repeats)
     base = times["grad_y_g"]
     rows = [{"model": name, "what": k, "cost_in_gradients": t / base} for k, t in times.items()]
     rows.append(
@@ -143,12 +155,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--q", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--length", type=int, default=24)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    rows = bench("lstm-2x64", LSTMClassifier(32, 64), 32, 20, 32, args.q, args.repeats)
+    # the hyper-cleaning shapes: batch 128, GloVe-50d inputs, 24 steps (a length-trimmed SNLI
+    # batch's longest sentence is ~20-30 tokens)
+    n, seq = args.batch, args.length
+    rows = bench("lstm-1x64", LSTMClassifier(50, 64, 1), n, seq, 50, args.q, args.repeats)
     rows += bench(
-        "transformer-2x64", TransformerClassifier(64, 2), 32, 20, 64, args.q, args.repeats
+        "transformer-2x64", TransformerClassifier(64, 2), n, seq, 64, args.q, args.repeats
     )
     import pandas as pd
 

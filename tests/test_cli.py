@@ -109,7 +109,8 @@ def test_diverging_job_is_marked_and_the_sweep_goes_on(cli, tmp_path):
         "trainer.eval_every=5",
         f"hydra.sweep.dir={sweep}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]  # EXIT_CODES: diverged is the worst here
+    assert "bilevel-run: 2 runs: 1 diverged, 1 completed" in proc.stderr
     jobs = job_dirs(sweep)
     assert len(jobs) == 2
     (cfg_bad, df_bad, info_bad), (cfg_ok, df_ok, info_ok) = map(load_job, jobs)
@@ -174,6 +175,8 @@ BAD_INPUT = [
     (["trainer.device=gpu"], "trainer.device='gpu'"),
     (["logger=wandb", "logger.mode=onlne"], "logger.mode=onlne"),
     (["task=hypercleaning", "task.noise_rate=1.5"], "task.noise_rate=1.5"),
+    (["task=hypercleaning", "dataset=sentiment140"], "model=nli_rnn"),
+    (["-m", "seed=0,1", "--cfg", "hydra"], "--cfg"),
 ]
 
 
@@ -193,10 +196,77 @@ def test_bad_input_fails_with_one_line_before_any_run_directory(
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert (
-        err.startswith("bilevel-run: error: ")
-        and names in err
-        and "expected" in err
-        or ("not one of" in err)
-    )
+    assert err.startswith("bilevel-run: error: ") and names in err, err
+    assert any(w in err for w in ("expected", "not one of", "use ", "drop ")), err  # what works
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "outcomes,code",
+    [
+        (["completed"], 0),
+        (["diverged"], 3),
+        (["interrupted"], 4),
+        (["boom"], 1),
+        (["completed", "boom", "diverged"], 1),
+        (["completed", "interrupted", "diverged"], 4),
+    ],
+)
+def test_exit_code_says_what_became_of_the_runs(outcomes, code, tmp_path, monkeypatch, capsys):
+    """Distinct exit codes per status (bilevel.app.run.EXIT_CODES); a multirun attempts every
+    run and exits with the most severe; a failing run is one line on stderr, its traceback in
+    the run directory, and the sweep goes on."""
+    from bilevel.app import run
+    from bilevel.trainer import RunResult
+
+    queue = list(outcomes)
+
+    def fake_build_and_run(cfg, run_dir, *a, **k):
+        status = queue.pop(0)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if status == "boom":
+            raise RuntimeError("injected\nsecond line")
+        return RunResult(status, [{"step": 1, "upper_loss": 0.5}], 0.1, Path(run_dir), {})
+
+    monkeypatch.setattr(run, "build_and_run", fake_build_and_run)
+    monkeypatch.chdir(tmp_path)
+    seeds = ",".join(str(i) for i in range(len(outcomes)))
+    sweep = ["-m", f"seed={seeds}", "hydra.sweep.dir=out"] if len(outcomes) > 1 else []
+    argv = ["bilevel-run", *sweep[:1], "task=quadratic", *(sweep[1:] or ["hydra.run.dir=out"])]
+    monkeypatch.setattr(sys, "argv", argv)
+    if code:
+        with pytest.raises(SystemExit) as exit_info:
+            run.cli()
+        assert exit_info.value.code == code
+    else:
+        run.cli()
+    assert not queue  # every run was attempted
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if "boom" in outcomes:
+        assert "bilevel-run: failed: RuntimeError: injected (" in err
+        assert "injected" in next(tmp_path.rglob("traceback.txt")).read_text()
+    if len(outcomes) > 1:
+        assert f"bilevel-run: {len(outcomes)} runs: " in err
+
+
+def test_wandb_runs_get_a_name_and_the_sweep_as_group(tmp_path, monkeypatch):
+    """logger.name/group null: the name says algorithm, task and seed (or the root ``name``),
+    a multirun job's group is its sweep directory; values given in the config win."""
+    import wandb
+
+    from bilevel.logging import WandbLogger
+
+    sweep = tmp_path / "multiruns" / "2026-11-30" / "10-00-00"
+    (sweep / "3_seed=2").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}")
+    config = {"algorithm": {"_target_": "bilevel.algorithms.SOBA"}, "seed": 2, "name": "",
+              "task": {"_target_": "bilevel.tasks.quadratic.Quadratic"}}  # fmt: skip
+    seen = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.append(kw))
+    WandbLogger(mode="disabled").start(sweep / "3_seed=2", config, [])
+    WandbLogger(mode="disabled").start(tmp_path / "single", {**config, "name": "mine"}, [])
+    WandbLogger(mode="disabled", group="g", name="n").start(sweep / "3_seed=2", config, [])
+    assert (seen[0]["name"], seen[0]["group"]) == ("SOBA-Quadratic-seed2", "2026-11-30/10-00-00")
+    assert (seen[1]["name"], seen[1]["group"]) == ("mine", None)
+    assert (seen[2]["name"], seen[2]["group"]) == ("n", "g")

@@ -35,6 +35,7 @@ from bilevel.data import (
     column_tensor,
     corrupt_labels,
     encode,
+    find_gz_or_plain,
     glove_embeddings,
     hypercleaning_split,
     imbalance,
@@ -181,6 +182,37 @@ def test_sentiment140_csv(tmp_path):
     write(tmp_path / "sentiment140" / "train_random_subset.csv", bad)
     with raises_at("train_random_subset.csv.gz", 2):  # not UTF-8
         load_sentiment140("train", data_dir=tmp_path)
+
+
+def test_empty_files_and_nul_bytes_name_the_file(tmp_path):
+    """Issue #14: an empty or header-only file is a DataError naming it (not a later
+    'premise_ids missing'); a NUL byte is a DataError naming file and line."""
+    tsv = tmp_path / "snli" / "snli_1.0_train_subset20k.tsv"
+    csv_file = tmp_path / "sentiment140" / "testdata.manual.2009.06.14.csv"
+    for header in ("gold_label\tsentence1\tsentence2\n", ""):
+        write(tsv, header)
+        with pytest.raises(DataError, match=r"subset20k\.tsv\.gz: no samples"):
+            load_snli("train", data_dir=tmp_path)
+    write(csv_file, "")
+    with pytest.raises(DataError, match=r"14\.csv\.gz: no samples"):
+        load_sentiment140("test", data_dir=tmp_path)
+    write(tsv, "gold_label\tsentence1\tsentence2\nentailment\tA m\x00an.\tA person.\n")
+    with raises_at("snli_1.0_train_subset20k.tsv.gz", 2):
+        load_snli("train", data_dir=tmp_path)
+    write(csv_file, s140_row("4", "fine") + s140_row("0", "bad\x00byte"), gz=False)
+    (tmp_path / "sentiment140" / "testdata.manual.2009.06.14.csv.gz").unlink()
+    with raises_at("testdata.manual.2009.06.14.csv", 2):
+        load_sentiment140("test", data_dir=tmp_path)
+
+
+def test_a_data_file_is_found_gzipped_or_not(tmp_path):
+    """GloVe (and any file named with or without .gz in a config) is found either way."""
+    plain = write(tmp_path / "glove" / "g.txt", "the 0.1 0.2\n", gz=False)
+    assert find_gz_or_plain(tmp_path / "glove" / "g.txt.gz") == plain
+    zipped = write(tmp_path / "glove" / "h.txt", "the 0.1 0.2\n")
+    assert find_gz_or_plain(tmp_path / "glove" / "h.txt") == zipped
+    with pytest.raises(DataError, match=r"k\.txt\.gz: file not found \(also tried k\.txt\)"):
+        find_gz_or_plain(tmp_path / "glove" / "k.txt.gz")
 
 
 # ------------------------------------------------------------------------------------- TREC

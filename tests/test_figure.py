@@ -74,6 +74,7 @@ def test_make_figure_runs_then_reuses(registry, tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "results" / "t" / "tiny_summary.csv")
     assert list(summary.seeds) == [1, 1, 2, 2]
     assert (summary.true_hypergrad_norm_final > 0).all()
+    assert (summary.peak_memory_mb > 50).all()  # from each run's run.json
     assert "6 to run" in capsys.readouterr().out
     make_figure("t/tiny", jobs=1, **kw)  # everything reused
     assert "6 reused, 0 to run" in capsys.readouterr().out
@@ -248,3 +249,20 @@ def test_gallery_lists_every_spec_figure_and_keeps_the_hand_written_tail(tmp_pat
     out = (tmp_path / "README.md").read_text()
     assert out.count(KEEP_MARKER) == 1 and out.endswith("## mine\nkept text\n")
     assert "old\n" not in out
+
+
+def test_a_run_that_coincides_with_another_figures_is_shared(registry, tmp_path, capsys):
+    """Runs shared between entries where the settings coincide: a second entry with one curve
+    of the first (same resolved config) copies that finished run instead of running it."""
+    kw = dict(runs_root=tmp_path / "runs", results_dir=tmp_path / "results", registry=registry)
+    make_figure("t/tiny", jobs=1, **kw)
+    other = dict(TINY, curves=[TINY["curves"][0], {"label": "p = 6", "overrides": [
+        "task.p=6", "trainer.max_steps=12"]}])  # fmt: skip
+    (registry / "t" / "other.yaml").write_text(yaml.safe_dump(other))
+    capsys.readouterr()
+    make_figure("t/other", jobs=1, **kw)
+    out = capsys.readouterr().out
+    assert out.count("shared, not rerun") == 3 and "3 to run" in out  # p = 2: 3 runs of 6
+    mine = tmp_path / "runs" / "t" / "other" / "default" / "noisy__p=2__seed1" / "metrics.csv"
+    theirs = tmp_path / "runs" / "t" / "tiny" / "default" / "noisy__p=2__seed1" / "metrics.csv"
+    assert mine.read_text() == theirs.read_text()

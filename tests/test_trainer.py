@@ -202,3 +202,85 @@ def test_build_and_run_writes_the_run_directory(tiny_cfg, run_cfg, tmp_path):
     assert (info["seed"], info["steps"], info["max_steps"]) == (3, 20, 20)
     assert df["step"].iloc[-1] == 20 and result.rows[-1]["step"] == 20
     assert (tmp_path / CHECKPOINT).exists()  # a completed run keeps its final checkpoint
+
+
+WARMUP_ALGORITHMS = [
+    "stocbio", "ttsa", "soba", "ma_soba", "bo_rep", "slip", "adambo", "accbo", "vr_adambo",
+    "sustain", "vrbo", "f2sa", "unibio",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", WARMUP_ALGORITHMS)
+def test_warmup_runs_init_once_and_changes_nothing(algorithm, tmp_path, monkeypatch):
+    """The warm-up step runs on a copy of the initialized state (issue #13: it used to repeat
+    ``algorithm.init``, e.g. BO-REP's 75-step refinement): init is called once, and the metrics
+    equal those of the same run without warm-up."""
+    cfg = compose([f"algorithm={algorithm}", *NOISY[1:], "trainer.max_steps=6",
+                   "trainer.eval_every=3", "trainer.checkpoint_every=0"])  # fmt: skip
+    frames = []
+    for warmup in (True, False):
+        trainer = make_trainer(cfg, tmp_path / str(warmup), warmup=warmup)
+        calls: list[int] = []
+
+        def counted_init(*args, calls=calls, real_init=trainer.algorithm.init):
+            calls.append(1)
+            return real_init(*args)
+
+        monkeypatch.setattr(trainer.algorithm, "init", counted_init)
+        assert trainer.fit().status == "completed"
+        assert len(calls) == 1
+        frames.append(read(tmp_path / str(warmup))[0])
+    assert_same_run(*frames)
+
+
+def test_blow_up_guard_marks_a_runaway_loss_diverged(tmp_path):
+    """A finite but runaway loss is 'diverged' under trainer.diverge_above, 'completed' without."""
+    cfg = compose([*NOISY, "trainer.max_steps=10", "trainer.checkpoint_every=0"])
+    first = make_trainer(cfg, tmp_path / "a", diverge_above=1e-3).fit()
+    assert first.status == "diverged"
+    assert read(tmp_path / "a")[1]["status"] == "diverged"
+    assert make_trainer(cfg, tmp_path / "b", diverge_above=None).fit().status == "completed"
+
+
+def test_run_json_records_the_peak_memory_of_the_run(tmp_path):
+    """Issue #12: run.json has the run's peak memory (CPU: the resident high-water mark, reset
+    at the start of each run, so a run that allocates 400 MB more shows it and the next run in
+    the same process does not inherit it)."""
+    cfg = compose([*NOISY, "trainer.max_steps=4", "trainer.checkpoint_every=0"])
+
+    held: list[torch.Tensor] = []
+
+    def grow(trainer, state):  # 400 MB more, kept alive until the run ends
+        if not held:
+            held.append(torch.ones(100_000_000))
+
+    big = make_trainer(cfg, tmp_path / "big", callbacks=[grow]).fit()
+    held.clear()
+    small = make_trainer(cfg, tmp_path / "small").fit()
+    assert big.status == small.status == "completed"
+    info_big, info_small = (read(tmp_path / n)[1] for n in ("big", "small"))
+    assert info_big["peak_memory_kind"].startswith("cpu_max_rss")
+    assert info_small["peak_memory_mb"] > 50
+    if info_small["peak_memory_kind"] == "cpu_max_rss":  # Linux: reset per run
+        assert info_big["peak_memory_mb"] > info_small["peak_memory_mb"] + 300
+
+
+def test_steps_csv_logs_the_hypergradient_norms_every_k_steps_and_resumes(reference, tmp_path):
+    """trainer.log_every: steps.csv has the norms at every k-th step (the same value as the
+    evaluation rows at the shared steps), and an interrupted run resumes it without gaps or
+    repeats."""
+    cfg, _, ref, _ = reference
+
+    def stop_at_25(trainer, state):
+        if state.t == 25:
+            trainer.request_stop()
+
+    first = make_trainer(cfg, tmp_path, log_every=2, callbacks=[stop_at_25]).fit()
+    assert first.status == "interrupted"
+    assert make_trainer(cfg, tmp_path, log_every=2, resume=True).fit().status == "completed"
+    steps = pd.read_csv(tmp_path / "steps.csv")
+    assert steps["step"].tolist() == list(range(2, 61, 2))
+    assert (steps["hypergrad_norm"] > 0).all() and steps["second_order_norm"].notna().all()
+    at_evals = steps.set_index("step").loc[[10, 20, 30], "hypergrad_norm"].to_numpy()
+    expected = ref.set_index("step").loc[[10, 20, 30], "hypergrad_norm"].to_numpy()
+    assert at_evals == pytest.approx(expected, rel=1e-5)

@@ -140,6 +140,10 @@ BOUNDS: list[tuple[Any, Any, str]] = [
     (lambda k: k in ("trainer.max_steps", "trainer.eval_every"), lambda v: v is None or v >= 1,
      "a positive integer or null"),
     (lambda k: k == "trainer.epochs", lambda v: v > 0, "a positive number"),
+    (lambda k: k in ("trainer.num_threads", "trainer.log_every"), lambda v: v is None or v >= 1,
+     "a positive integer or null"),
+    (lambda k: k == "trainer.diverge_above", lambda v: v is None or v > 0,
+     "a positive number or null"),
     (lambda k: k == "trainer.checkpoint_every", lambda v: v is None or v >= 0,
      "0 (never), a positive integer or null"),
     (lambda k: k.rsplit(".", 1)[-1] in ("batch_size", "val_batch_size", "eval_size", "n_train",
@@ -168,6 +172,46 @@ def check_bounds(resolved: dict[str, Any]) -> None:
                 raise ConfigError(f"{key}={value}: expected {allowed}")
 
 
+def check_combination(resolved: dict[str, Any]) -> None:
+    """(task, dataset, model) choices that cannot work together, refused at compose time (before
+    any data is read or any run directory is written) with one line naming the choices."""
+    task = resolved.get("task") or {}
+    dataset = (resolved.get("dataset") or {}).get("name", "synthetic")
+    model = resolved.get("model") or {}
+    model_name = model.get("kind", model.get("name", "none"))
+    task_name = str(task.get("_target_", "")).rsplit(".", 1)[-1]
+    if "dataset" not in task:  # the synthetic tasks: plain tensors, no data, no network
+        if dataset != "synthetic" or model_name != "none":
+            raise ConfigError(
+                f"task {task_name} is synthetic (x and y are tensors): dataset={dataset} "
+                f"model={model_name} are not used; drop them (dataset=synthetic model=none)"
+            )
+        return
+    if dataset == "synthetic" or model_name == "none":
+        raise ConfigError(
+            f"task {task_name} reads text: dataset={dataset} model={model_name} cannot run it; "
+            "choose dataset=snli|sentiment140|amazon|trec and model=rnn|nli_rnn|transformer"
+        )
+    fields = (resolved.get("dataset") or {}).get("fields") or []
+    if model_name == "nli_rnn" and len(fields) < 2:
+        raise ConfigError(
+            f"model=nli_rnn needs sentence pairs (dataset=snli); dataset={dataset} has one "
+            "sentence per sample: use model=rnn or model=transformer"
+        )
+    if task.get("group_by") == "domain_id" and dataset != "amazon":
+        raise ConfigError(
+            f"task.group_by=domain_id draws meta-learning tasks from Amazon's review domains: "
+            f"dataset={dataset} has none; use dataset=amazon (or task=hyperrep for episodes by "
+            "class)"
+        )
+    classes = (resolved.get("dataset") or {}).get("n_classes")
+    if task_name == "DeepAUC" and classes not in (None, 2):
+        raise ConfigError(
+            f"task=auc needs a binary dataset; dataset={dataset} has {classes} classes: use "
+            "dataset=sentiment140"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Resolve every interpolation, check value bounds and every component node; raise
     ConfigError."""
@@ -176,6 +220,7 @@ def check_config(cfg: DictConfig) -> None:
     except Exception as err:
         raise ConfigError(_one_line(err)) from None
     check_bounds(resolved)
+    check_combination(resolved)
     for section in ("algorithm", "task"):
         if section in cfg:
             check_node(cfg[section], section)

@@ -36,7 +36,7 @@ from bilevel.app.config import PACKAGE_ROOT, ConfigError
 REGISTRY = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
 ENTRY_KEYS = {"title", "experiment", "seeds", "panels", "curves", "plot", "summary", "claims"}
-ENTRY_KEYS |= {"notes", "paper", "spec"}
+ENTRY_KEYS |= {"notes", "paper", "spec", "table"}
 DEFAULT_VARIANT = "default"
 
 
@@ -139,23 +139,27 @@ def run_missing(
     runs_dir: Path,
     jobs: int = 1,
     launcher: list[str] | None = None,
+    share_root: Path | None = None,
 ) -> list[str]:
-    """Launch every planned run that is not done (into ``runs_dir/<run id>``); return the ids
-    of failed runs."""
+    """Launch every planned run that is not done (into ``runs_dir/<run id>``); a finished run of
+    the same config by another figure below ``share_root`` is copied instead. Return the ids of
+    failed runs."""
     from bilevel.app.jobs import Job, run_pending
 
     batch = [Job(r.run_id, runs_dir / r.run_id, r.overrides) for r in runs]
-    outcomes = run_pending(name, batch, jobs, launcher, runs_dir)
+    outcomes = run_pending(name, batch, jobs, launcher, runs_dir, share_root)
     return [label for label, outcome in outcomes.items() if outcome.status == "failed"]
 
 
-def gather(name: str, runs: list[PlannedRun], runs_dir: Path):
+def gather(name: str, runs: list[PlannedRun], runs_dir: Path, table: str = "metrics"):
+    """Every run's table (``metrics``: one row per evaluation; ``steps``: the hypergradient
+    norms every ``trainer.log_every`` steps) with panel, curve, seed, status and peak memory."""
     import pandas as pd
 
     frames = []
     for r in runs:
         run_dir = runs_dir / r.run_id
-        metrics = run_dir / "metrics.csv"
+        metrics = run_dir / f"{table}.csv"
         if not metrics.exists():
             raise ConfigError(f"{metrics} is missing; run 'bilevel-figure {name}' without --no-run")
         df = pd.read_csv(metrics)
@@ -164,6 +168,7 @@ def gather(name: str, runs: list[PlannedRun], runs_dir: Path):
         df.insert(0, "curve", r.curve)
         df.insert(0, "panel", r.panel)
         df["status"] = info["status"]
+        df["peak_memory_mb"] = info.get("peak_memory_mb", float("nan"))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
@@ -181,7 +186,7 @@ def summary_metrics(entry: dict[str, Any]) -> list[str]:
 def summarize(table, entry: dict[str, Any]):
     """Per panel and curve: seeds, for each summarized metric its final value and its mean over
     the last k evaluations (median over seeds), train seconds and oracle calls (median over
-    seeds), diverged seeds."""
+    seeds), peak memory (run.json, median over seeds), diverged seeds."""
     import pandas as pd
 
     k = entry.get("summary", {}).get("last_k", 1)
@@ -194,8 +199,11 @@ def summarize(table, entry: dict[str, Any]):
             row[f"{y}_final"] = evals.last().median()
             row[f"{y}_mean_last{k}"] = evals.apply(lambda s: s.tail(k).mean()).median()
         last = g.sort_values("step").groupby("seed").tail(1)
-        row["train_seconds"] = last["wall_s"].median()
-        row["oracle_calls"] = last["oracle_calls"].median()
+        for column, name in (("wall_s", "train_seconds"), ("oracle_calls", "oracle_calls")):
+            if column in last:  # not in a steps.csv table
+                row[name] = last[column].median()
+        if "peak_memory_mb" in last:  # tables made before run.json recorded it lack it
+            row["peak_memory_mb"] = last["peak_memory_mb"].median()
         row["diverged"] = int((last["status"] == "diverged").sum())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -234,7 +242,8 @@ def make_figure(
     entry = load_entry(name, registry)
     run_overrides, launcher = split_launcher_overrides(list(overrides or []))
     variant = variant_of(run_overrides)
-    runs_dir = (runs_root or runs_root_default()) / name / variant
+    runs_root = runs_root or runs_root_default()
+    runs_dir = runs_root / name / variant
     results_dir = results_dir or RESULTS
     paths = results_paths(name, variant, results_dir)
     runs = plan(entry, run_overrides)
@@ -244,7 +253,7 @@ def make_figure(
         table = pd.read_csv(paths["table"])
     else:
         if run:
-            failed = run_missing(name, runs, runs_dir, jobs, launcher)
+            failed = run_missing(name, runs, runs_dir, jobs, launcher, share_root=runs_root)
             if failed:
                 raise RuntimeError(
                     f"{len(failed)} run(s) failed: {', '.join(failed)}; see their run.json "
@@ -263,10 +272,10 @@ def make_figure(
                     f"--no-run: {len(missing)} of {len(runs)} run(s) missing or stale, e.g. "
                     f"{missing[0]} (under {runs_dir})"
                 )
-        table = gather(name, runs, runs_dir)
+        table = gather(name, runs, runs_dir, entry.get("table", "metrics"))
         plot = entry["plot"]
         keep = ["panel", "curve", "seed", "step", "epoch", "wall_s", "oracle_calls", "samples"]
-        keep += ["status", *_as_list(plot["x"]), *summary_metrics(entry)]
+        keep += ["status", "peak_memory_mb", *_as_list(plot["x"]), *summary_metrics(entry)]
         table = table[list(dict.fromkeys(c for c in keep if c in table.columns))]
         paths["table"].parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(paths["table"], index=False, float_format="%.6g")

@@ -219,18 +219,56 @@ def set_aside(run_dir: Path, overrides: list[str]) -> str | None:
     return str(target)
 
 
+def finished_runs(root: Path) -> dict[str, Path]:
+    """Fingerprint → directory of every finished (completed or diverged) run below ``root``,
+    runs set aside in ``.replaced/`` excepted."""
+    found: dict[str, Path] = {}
+    for info_path in sorted(root.rglob("run.json")) if root.is_dir() else []:
+        if ".replaced" in info_path.parts:
+            continue
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("status") in ("completed", "diverged") and info.get("fingerprint"):
+            found.setdefault(info["fingerprint"], info_path.parent)
+    return found
+
+
+def adopt_shared(jobs: list[Job], share_root: Path) -> list[Job]:
+    """Jobs whose config a finished run elsewhere below ``share_root`` already ran (another
+    figure with a coinciding curve): that run's directory is copied into the job's (without its
+    checkpoint: the run is finished) instead of running it again. Returns the jobs still to run."""
+    from bilevel.app.rundir import fingerprint
+
+    index = finished_runs(share_root)
+    left = []
+    for job in jobs:
+        source = index.get(fingerprint(resolved_config(job.overrides)))
+        if source is None or source.resolve() == job.run_dir.resolve():
+            left.append(job)
+            continue
+        set_aside(job.run_dir, job.overrides)
+        shutil.copytree(source, job.run_dir, ignore=shutil.ignore_patterns("checkpoint.pt*"))
+        print(f"  {job.label}: the same config ran in {source}: shared, not rerun", flush=True)
+    return left
+
+
 def run_pending(
     name: str,
     jobs: list[Job],
     n_jobs: int = 1,
     launcher: list[str] | None = None,
     root: Path | None = None,
+    share_root: Path | None = None,
 ) -> dict[str, Outcome]:
-    """Run the jobs that are not done: finished runs of the same config are reused, stale or
-    failed directories moved aside, interrupted ones continued (``resume=true``). With
-    ``launcher`` the jobs (all below ``root``) go through that Hydra launcher, else through
-    the local pool of ``n_jobs``."""
+    """Run the jobs that are not done: finished runs of the same config are reused (with
+    ``share_root``, also those of other figures below it), stale or failed directories moved
+    aside, interrupted ones continued (``resume=true``). With ``launcher`` the jobs (all below
+    ``root``) go through that Hydra launcher, else through the local pool of ``n_jobs``."""
     todo = [j for j in jobs if not is_done(j.run_dir, j.overrides)]
+    if share_root is not None and todo:
+        todo = adopt_shared(todo, share_root)
     how = " ".join(launcher) if launcher else f"{n_jobs} local job{'s' if n_jobs > 1 else ''}"
     print(
         f"{name}: {len(jobs)} runs, {len(jobs) - len(todo)} reused, {len(todo)} to run ({how})"

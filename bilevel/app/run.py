@@ -5,7 +5,9 @@ holds a run is refused unless ``resume=true`` or ``force=true`` (bilevel.app.run
 from __future__ import annotations
 
 import math
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +78,46 @@ def build_and_run(
             config=resolved,
             resume=plan.resume,
             progress=tr.progress if progress is None else progress,
+            diverge_above=tr.get("diverge_above"),
+            log_every=tr.get("log_every"),
         )
     except Exception as err:
         if plan.action == "new":  # a fresh directory records why nothing ran
             record_failure(run_dir, resolved, error_line(err))
         raise
+    if tr.get("num_threads"):
+        import torch
+
+        torch.set_num_threads(int(tr.num_threads))
     plan.start()  # from here on the directory is this run's (force: the old files go now)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return trainer.fit()
 
 
-def _main(cfg: DictConfig) -> float | None:
+# Exit codes of ``bilevel-run`` (README "Exit codes"): one per run status, and for a multirun
+# the most severe status among its runs, in this order. Every run of a sweep is attempted.
+EXIT_CODES: dict[str, int] = {
+    "bad_input": 2,  # a config or data error: one line naming the key or file
+    "failed": 1,  # an exception during the run: run.json says failed, traceback.txt has it
+    "interrupted": 4,  # SIGINT/SIGTERM: stopped with a checkpoint; resume=true continues
+    "diverged": 3,  # non-finite values or trainer.diverge_above exceeded
+    "completed": 0,
+}
+
+
+def exit_code(statuses: list[str]) -> int:
+    """The exit code summarising the statuses of a command's runs (the most severe)."""
+    return next((code for status, code in EXIT_CODES.items() if status in statuses), 0)
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _main(cfg: DictConfig) -> tuple[str, float | None]:
+    """One job: build, train, print its one-line result; return (status, sweep objective)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -106,7 +137,7 @@ def _main(cfg: DictConfig) -> float | None:
         f"train_s={result.train_seconds:.2f} {summary}"
     )
     value = last.get("true_hypergrad_norm", last.get("upper_loss"))
-    return float(value) if isinstance(value, (int, float)) else None
+    return result.status, float(value) if isinstance(value, (int, float)) else None
 
 
 def _overrides_of(argv: list[str]) -> tuple[list[str], bool] | None:
@@ -120,6 +151,13 @@ def _overrides_of(argv: list[str]) -> tuple[list[str], bool] | None:
             continue
         if arg in ("-m", "--multirun"):
             multirun = True
+        elif arg in ("-c", "--cfg", "--info", "-i", "--shell-completion", "-sc") and (
+            "-m" in argv or "--multirun" in argv
+        ):
+            raise ConfigError(
+                f"{arg} prints one job's config and cannot be combined with -m/--multirun: drop "
+                "-m (and give one value per key) to see a job's config"
+            )
         elif arg in (
             "-h",
             "--help",
@@ -227,18 +265,37 @@ def cli() -> None:
         print(f"bilevel-run: error: {err}", file=sys.stderr)
         sys.exit(2)
 
+    statuses: list[str] = []
+
     def task(cfg: DictConfig) -> float | None:
+        """One job; its failure is reported in one line and recorded, never raised, so a
+        sweep goes on to its next job and the exit code summarises (EXIT_CODES)."""
         try:
-            return _main(cfg)
-        except ConfigError as err:  # e.g. a run directory refused: one line, no traceback
-            print(f"bilevel-run: error: {err}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        except InstantiationException as err:  # bad data or a value a constructor rejects
-            print(f"bilevel-run: error: {error_line(err)}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            status, value = _main(cfg)
+            statuses.append(status)
+            return value
+        except (ConfigError, InstantiationException) as err:  # a refused run dir, bad data
+            statuses.append("bad_input")
+            message = str(err) if isinstance(err, ConfigError) else error_line(err)
+            print(f"bilevel-run: error: {message}", file=sys.stderr, flush=True)
+        except Exception as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            statuses.append("failed")
+            where = _run_dir() / "traceback.txt"
+            if where.parent.is_dir():  # run.json already says failed, with this line
+                where.write_text(traceback.format_exc())
+            print(f"bilevel-run: failed: {error_line(err)} ({where})", file=sys.stderr, flush=True)
+        return None
 
     main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)
     main()
+    if len(statuses) > 1:
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in EXIT_CODES if s in statuses)
+        print(f"bilevel-run: {len(statuses)} runs: {counts}", file=sys.stderr, flush=True)
+    code = exit_code(statuses)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

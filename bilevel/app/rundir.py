@@ -37,6 +37,7 @@ RESULT_NEUTRAL_KEYS: tuple[str, ...] = (
     "logger",  # whole group: where rows are mirrored (W&B), never what they hold
     "paths",  # where data is read from and outputs go, not what they are
     "trainer.progress",  # progress bar
+    "trainer.num_threads",  # CPU threads: speed, not results
     "trainer.checkpoint_every",  # resume is exact, so checkpoint cadence changes nothing
 )
 

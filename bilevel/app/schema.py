@@ -21,6 +21,9 @@ class TrainerConfig:
     checkpoint_every: int | None = None  # None: once per epoch; 0: never
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
+    num_threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
+    diverge_above: float | None = 1.0e12  # |loss| or hypergradient norm above it: diverged
+    log_every: int | None = None  # steps.csv: hypergradient norms every k steps (None: off)
 
 
 @dataclass

@@ -25,7 +25,13 @@ from bilevel.data.loaders import (
     load_snli,
     load_trec,
 )
-from bilevel.data.paths import DEFAULT_DATA_DIR, ENV_VAR, DataError, resolve_data_dir
+from bilevel.data.paths import (
+    DEFAULT_DATA_DIR,
+    ENV_VAR,
+    DataError,
+    find_gz_or_plain,
+    resolve_data_dir,
+)
 from bilevel.data.text import (
     BOS,
     EOS,
@@ -43,6 +49,7 @@ from bilevel.data.text import (
 )
 
 __all__ = [
+    "find_gz_or_plain",
     "AMAZON_LABELS",
     "BOS",
     "DEFAULT_DATA_DIR",

@@ -109,7 +109,12 @@ def _from_hub(hub_id: str, split: str, cache_dir: str | Path | None) -> datasets
         ) from e
 
 
-def _dataset(columns: dict[str, list], features: dict[str, datasets.Value]) -> datasets.Dataset:
+def _dataset(
+    columns: dict[str, list], features: dict[str, datasets.Value], path: Path
+) -> datasets.Dataset:
+    """The samples read from ``path`` as a Dataset; a file without any is a DataError."""
+    if not next(iter(columns.values())):
+        raise DataError("no samples (the file is empty or has a header only)", path)
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
@@ -176,7 +181,7 @@ def _snli_infersent(s1: Path, s2: Path, labels: Path) -> datasets.Dataset:
         cols["hypothesis"].append(hypothesis)
     if dropped:
         log.info("%s: dropped %d pairs without a gold label", labels, dropped)
-    return _dataset(cols, {"premise": _STR, "hypothesis": _STR, "label": _INT})
+    return _dataset(cols, {"premise": _STR, "hypothesis": _STR, "label": _INT}, labels)
 
 
 def _snli_tsv(path: Path) -> datasets.Dataset:
@@ -201,7 +206,7 @@ def _snli_tsv(path: Path) -> datasets.Dataset:
         cols["hypothesis"].append(fields[2])
     if dropped:
         log.info("%s: dropped %d pairs without a gold label", path, dropped)
-    return _dataset(cols, {"premise": _STR, "hypothesis": _STR, "label": _INT})
+    return _dataset(cols, {"premise": _STR, "hypothesis": _STR, "label": _INT}, path)
 
 
 # -------------------------------------------------------------------------------- Sentiment140
@@ -270,7 +275,7 @@ def _sentiment140_csv(path: Path) -> datasets.Dataset:
         raise DataError(f"malformed CSV ({e})", path, reader.line_num) from e
     if neutral:
         log.info("%s: dropped %d neutral tweets (polarity 2)", path, neutral)
-    return _dataset(cols, {"text": _STR, "label": _INT})
+    return _dataset(cols, {"text": _STR, "label": _INT}, path)
 
 
 # ---------------------------------------------------------------------------------------- TREC
@@ -314,7 +319,7 @@ def _trec_file(path: Path) -> datasets.Dataset:
         cols["label"].append(_label_id(TREC_COARSE_LABELS, coarse, path, line))
         cols["fine_label"].append(_label_id(TREC_FINE_LABELS, label, path, line))
         cols["text"].append(question)
-    return _dataset(cols, {"text": _STR, "label": _INT, "fine_label": _INT})
+    return _dataset(cols, {"text": _STR, "label": _INT, "fine_label": _INT}, path)
 
 
 # -------------------------------------------------------------------------------------- Amazon
@@ -380,7 +385,7 @@ def load_amazon(
             stacklevel=2,
         )
     features = {"domain": _STR, "text": _STR, "label": _INT, **{k: _STR for k in extra}}
-    return _dataset(cols, features)
+    return _dataset(cols, features, source)
 
 
 def _json_records(path: Path) -> tuple[list, list[int | None]]:

@@ -70,6 +70,21 @@ def find_file(directory: Path, name: str) -> Path:
     raise DataError(f"file not found (also tried {name}.gz)", directory / name)
 
 
+def find_gz_or_plain(path: Path) -> Path:
+    """``path`` as given if it exists, else the same name with ``.gz`` added or removed (a data
+    file may be kept gzipped or not); DataError naming both if neither exists."""
+    path = Path(path)
+    other = (
+        path.with_name(path.name.removesuffix(".gz"))
+        if path.suffix == ".gz"
+        else (path.with_name(path.name + ".gz"))
+    )
+    for candidate in (path, other):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"file not found (also tried {other.name})", path)
+
+
 def open_binary(path: Path):
     """Open a file for reading bytes, gunzipping ``*.gz``; a missing file is a DataError."""
     path = Path(path)
@@ -93,6 +108,11 @@ def read_lines(
                     line = raw.decode(encoding)
                 except UnicodeDecodeError as e:
                     raise DataError(f"not valid {encoding} text ({e.reason})", path, lineno) from e
+                if "\x00" in line:
+                    column = line.index("\x00") + 1
+                    raise DataError(
+                        f"NUL byte at column {column} (a corrupted file?)", path, lineno
+                    )
                 yield lineno, (line if keep_ends else line.rstrip("\r\n"))
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"unreadable ({e})", path, lineno + 1) from e

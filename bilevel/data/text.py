@@ -274,6 +274,12 @@ class PaddedSplit:
 
     tensors: dict[str, Tensor]
     fields: tuple[str, ...] = field(default=("text",))
+    # per field, the lengths on the host (derived from ``tensors`` whenever a split is made): a
+    # batch's longest sentence is known without a device sync
+    host_lengths: dict[str, Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.host_lengths = {f: self.tensors[f"{f}_len"].cpu() for f in self.fields}
 
     @classmethod
     def from_dataset(
@@ -306,11 +312,22 @@ class PaddedSplit:
     def labels(self) -> Tensor:
         return self.tensors["label"]
 
-    def gather(self, idx: Tensor) -> dict[str, Tensor]:
-        """The examples ``idx`` (a 1-d index tensor on any device): every tensor indexed, no
-        Python loop over examples, no host sync."""
-        idx = idx.to(self.tensors["index"].device)
-        return {k: v[idx] for k, v in self.tensors.items()}
+    def gather(self, idx: Tensor, trim: bool = True) -> dict[str, Tensor]:
+        """The examples ``idx`` (a 1-d index tensor): every tensor indexed, no Python loop over
+        examples, no host sync. Length-aware (issue #13): with ``trim`` and ``idx`` on the host
+        (as the tasks draw it), each ``<field>_ids`` is cut to the batch's longest sentence
+        instead of the split's (most of a padded batch is padding). Exact: the models mask
+        padding, so the outputs at real tokens are the same; with ``trim=False`` (or ``idx`` on a
+        device) the split's width is kept."""
+        device = self.tensors["index"].device
+        steps = None
+        if trim and idx.device.type == "cpu" and len(idx):
+            steps = {f: int(self.host_lengths[f][idx].max()) for f in self.fields}  # host op
+        idx = idx.to(device)
+        out = {k: v[idx] for k, v in self.tensors.items()}
+        for f, width in (steps or {}).items():
+            out[f"{f}_ids"] = out[f"{f}_ids"][:, : max(width, 1)]
+        return out
 
     def to(self, device: torch.device | str) -> PaddedSplit:
         return replace(self, tensors={k: v.to(device) for k, v in self.tensors.items()})
@@ -324,7 +341,7 @@ class PaddedSplit:
 
     def subset(self, idx: Tensor) -> PaddedSplit:
         """A new split of the examples ``idx``; ``index`` keeps their original positions."""
-        return replace(self, tensors=self.gather(idx))
+        return replace(self, tensors=self.gather(idx, trim=False))
 
 
 def column_tensor(ds: datasets.Dataset, column: str = "label") -> Tensor:

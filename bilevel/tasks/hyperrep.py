@@ -162,7 +162,7 @@ class HyperRep(TextTask):
 
     # -- sampling ------------------------------------------------------------------------------
     def _rows(self, split, positions: Tensor) -> dict[str, Tensor]:
-        data = split.gather(positions.reshape(-1).to(self.device))
+        data = split.gather(positions.reshape(-1).cpu())  # host indices: trimmed batches
         return zero_beyond_premise(data) if self.zero_beyond_premise else data
 
     def _batch(self, part: str, ids: Tensor) -> Batch:

@@ -25,6 +25,7 @@ from bilevel.data import (
     Vocab,
     build_vocab,
     encode,
+    find_gz_or_plain,
     glove_embeddings,
     load_amazon,
     load_sentiment140,
@@ -173,7 +174,8 @@ def prepare(
         )
     embeddings, coverage = None, None
     if dataset.get("glove"):
-        glove = glove_embeddings(vocab, Path(root) / dataset["glove"], seed=seed)
+        glove_file = find_gz_or_plain(Path(root) / dataset["glove"])  # kept gzipped or not
+        glove = glove_embeddings(vocab, glove_file, seed=seed)
         embeddings, coverage = glove.weight, glove.coverage
     return TextData(padded, vocab, fields, int(dataset["n_classes"]), embeddings, coverage)
 
@@ -276,7 +278,7 @@ class TextTask(Task):
             split = getattr(self, name, None)
             if split is not None:
                 setattr(self, name, split.to(self.device))
-        self.eval_index = {k: v.to(self.device) for k, v in getattr(self, "eval_index", {}).items()}
+        # eval_index stays on the host: gather moves it, and trims to the rows' longest sentence
         if self.module is not None:
             self.module.to(self.device)
         return self
@@ -289,7 +291,7 @@ class TextTask(Task):
 
     def draw(self, split: PaddedSplit, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """``n`` rows of ``split`` uniformly with replacement (indices from the CPU generator)."""
-        idx = torch.randint(len(split), (n,), generator=generator).to(self.device)
+        idx = torch.randint(len(split), (n,), generator=generator)  # on the host: see gather
         return split.gather(idx)
 
     def fix_eval_rows(self, seed: int, labels: dict[str, Tensor] | None = None) -> None:

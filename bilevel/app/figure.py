@@ -347,6 +347,10 @@ def cli(argv: list[str] | None = None) -> None:
             return
         names = available() if args.all else [args.name]
         for name in names:
+            table = results_paths(name, variant_of(overrides), args.results_dir or RESULTS)["table"]
+            if args.all and args.from_table and not table.exists():
+                print(f"{name}: no committed table ({table}): not built yet, skipped")
+                continue
             make_figure(
                 name,
                 overrides,

@@ -31,6 +31,15 @@ class LowerStrategy:
     interval: int = 1
     warm_start_with: LowerStrategy | None = None
 
+    def __post_init__(self) -> None:
+        ws = self.warm_start_with
+        if ws is not None and not isinstance(ws, LowerStrategy):  # e.g. a dict without _target_
+            keys = ", ".join(map(str, dict(ws))) if hasattr(ws, "keys") else repr(ws)
+            raise TypeError(
+                f"lower.warm_start_with must be a lower strategy (a config with _target_, e.g. "
+                f"bilevel.lower.SGD); got {{{keys}}}"
+            )
+
     def init_state(self, y: Params) -> dict[str, Any]:
         return {}
 

@@ -191,3 +191,13 @@ def test_sq_norm_has_a_finite_hessian_at_zero():
     (g,) = torch.autograd.grad(tree.sq_norm(y), [y["w"]], create_graph=True)
     (h,) = torch.autograd.grad(g.sum(), [y["w"]])
     torch.testing.assert_close(h, torch.full((3,), 2.0, dtype=D))
+
+
+def test_a_warm_start_without_a_strategy_is_refused_naming_it():
+    """A settings file that gives ``warm_start_with`` only some keys (no _target_) used to fail
+    at the first iteration with 'Missing key run'; it is refused when the strategy is built."""
+    from bilevel.lower import SGD
+
+    with pytest.raises(TypeError, match=r"warm_start_with must be a lower strategy.*\{steps\}"):
+        SGD(lr=0.1, warm_start_with={"steps": 3})
+    assert SGD(lr=0.1, warm_start_with=SGD(lr=0.1, steps=3)).warm_start_with.steps == 3

@@ -8,6 +8,7 @@ The x axis is any column of the table: step, epoch, train wall time, oracle call
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,8 @@ def plot_panels(
             fontsize=9,
         )
     if title:
-        fig.suptitle(_text(title), fontsize=11)
+        width = max(30, int(fig.get_size_inches()[0] * 11))  # 11-pt: ~11 characters an inch
+        fig.suptitle(textwrap.fill(_text(title), width), fontsize=11)
     return fig
 
 

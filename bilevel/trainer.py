@@ -130,7 +130,6 @@ class Trainer:
         self.callbacks = callbacks or []
         self.warmup = warmup
         self.diverge_above = diverge_above
-        self.log_every = log_every
         self._steps = StepNorms(log_every)
         self._stop_requested = False
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import time
 import warnings
 from collections import Counter
@@ -586,10 +587,11 @@ def check_episode(ep, labels, n_way, k, q):
         assert int((ep.query_labels == rel).sum()) == q
 
 
-def test_episode_sampler():
+def test_episode_sampler(caplog):
     labels = torch.tensor([0] * 12 + [1] * 10 + [2] * 4 + [3] * 15)
-    with pytest.warns(UserWarning, match=r"class 2 \(4 examples\)"):
+    with caplog.at_level(logging.INFO, logger="bilevel.data.episodes"):
         sampler = EpisodeSampler(labels, n_way=2, k_shot=5, q_query=5, seed=0)
+    assert "class 2 (4 examples)" in caplog.text
     assert sampler.eligible_classes == [0, 1, 3]
     for ep in sampler.fixed_tasks(30):
         check_episode(ep, labels, 2, 5, 5)
@@ -614,14 +616,12 @@ def test_episode_sampler():
     assert set(ep.support.tolist()) | set(ep.query.tolist()) == {100, 101, 102, 103}
 
 
-def test_episode_sampler_groups():
+def test_episode_sampler_groups(caplog):
     labels = torch.tensor([0, 1] * 30 + [0] * 20 + [0, 1] * 3)
     groups = torch.tensor([0] * 60 + [1] * 20 + [2] * 6)
-    with pytest.warns(UserWarning) as record:
+    with caplog.at_level(logging.INFO, logger="bilevel.data.episodes"):
         sampler = EpisodeSampler(labels, 2, 4, 4, seed=0, groups=groups)
-    messages = [str(w.message) for w in record]
-    assert any("group 2 class 0 (3)" in m for m in messages)
-    assert any("groups [1, 2]" in m for m in messages)
+    assert "group 2 class 0 (3)" in caplog.text and "groups [1, 2]" in caplog.text
     for ep in sampler.fixed_tasks(10):
         assert int(ep.group) == 0 and torch.all(groups[ep.support] == 0)
         check_episode(ep, labels, 2, 4, 4)
@@ -701,7 +701,7 @@ def test_real_snli_pipeline_and_glove(real, tmp_path):
 
 
 @needs_real
-def test_real_noise_imbalance_episodes(real):
+def test_real_noise_imbalance_episodes(real, caplog):
     snli = column_tensor(real["snli"]["train"])
     noisy, corrupted = corrupt_labels(snli, 0.2, 3, seed=0)
     assert int(corrupted.sum()) == round(0.2 * 20000) == 4000
@@ -714,8 +714,9 @@ def test_real_noise_imbalance_episodes(real):
     assert len(ref) == 5000 and positive_ratio(s140[ref]) == 0.8
 
     trec_test = column_tensor(real["trec"]["test"])
-    with pytest.warns(UserWarning, match=r"class 0 \(9 examples\)"):  # ABBR, quirk Q37
+    with caplog.at_level(logging.INFO, logger="bilevel.data.episodes"):
         sampler = EpisodeSampler(trec_test, n_way=2, k_shot=5, q_query=5, seed=0)
+    assert "class 0 (9 examples)" in caplog.text  # ABBR, quirk Q37
     tasks = sampler.fixed_tasks(50)
     for ep in tasks:
         check_episode(ep, trec_test, 2, 5, 5)

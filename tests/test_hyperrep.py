@@ -5,6 +5,7 @@ dataset, and StocBiO's learned representation against a frozen one."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -72,9 +73,10 @@ def test_amazon_tasks_stay_in_one_domain_and_test_on_the_low_resource_domains():
         assert support.index == query.index and support.size == query.size == 20
 
 
-def test_trec_excludes_the_small_class_and_prepends_cls():
-    with pytest.warns(UserWarning, match="excluded class 0 .9 examples"):
+def test_trec_excludes_the_small_class_and_prepends_cls(caplog):
+    with caplog.at_level(logging.INFO, logger="bilevel.data.episodes"):
         task, _, _, state = build(*TREC, "algorithm=soba")
+    assert "excluded class 0 (9 examples)" in caplog.text
     assert 0 not in task.test.labels[task.test_tasks["support"]].tolist()  # ABBR (Q37)
     assert task.module.encoder.cls_id == task.data.vocab.stoi["<s>"]
     assert set(state.y) == {"head.weight", "head.bias"}  # y = Linear(hidden -> 6)

@@ -26,13 +26,15 @@ split); ``stack_episodes`` stacks a list into batched tensors.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,11 @@ class EpisodeSampler:
                 f"class {c} ({n} examples)" if gid == -1 else f"group {gid} class {c} ({n})"
                 for gid, c, n in excluded
             )
-            warnings.warn(
-                f"EpisodeSampler: excluded {what}: fewer than k_shot + q_query = {need} "
-                "examples (quirk Q37: the reference kept them and built single-class tasks)",
-                stacklevel=2,
+            log.info(  # a data notice, logged once per sampler like the loaders' (not a warning)
+                "EpisodeSampler: excluded %s: fewer than k_shot + q_query = %d examples (quirk "
+                "Q37: the reference kept them and built single-class tasks)",
+                what,
+                need,
             )
         if not self.groups:
             raise ValueError(
@@ -117,10 +120,10 @@ class EpisodeSampler:
                 f"{need} examples" + ("" if groups is None else " in any group")
             )
         if dropped and groups is not None:
-            warnings.warn(
-                f"EpisodeSampler: excluded groups {dropped}: fewer than n_way = {n_way} "
-                "eligible classes",
-                stacklevel=2,
+            log.info(
+                "EpisodeSampler: excluded groups %s: fewer than n_way = %d eligible classes",
+                dropped,
+                n_way,
             )
         self._group_weights = torch.tensor(self.group_sizes, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)

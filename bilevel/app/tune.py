@@ -195,7 +195,7 @@ def settings_table() -> str:
         text = path.read_text()
         tuned, by_scale = "# Tuned" in text, "${by_scale:" in text
         first = next((ln[2:] for ln in text.splitlines()[1:] if ln.startswith("# ")), "")
-        kind = "I" if "INFERRED" in first else "P"
+        kind = "S" if "STRUCTURAL" in first else "I" if "INFERRED" in first else "P"
         kind = "T" if tuned and not by_scale else (f"{kind}+t" if by_scale else kind)
         rows.setdefault(row, {})[rel.name] = kind
         notes.append(f"| `{rel}` | {kind} | {first} |")
@@ -213,7 +213,8 @@ def settings_table() -> str:
         "row of the specs (the file says from which); P+t / I+t: those values at `scale=paper`",
         "and a value tuned here at `scale=small` (`${by_scale:...}`); T: tuned here",
         "with `bilevel-tune` (the file records the command, grid, seeds and selection rule; the",
-        "trials are in `results/tuning/`); blank: no settings, the algorithm's defaults apply.",
+        "trials are in `results/tuning/`); S: a structural choice only (e.g. SABA's memory",
+        "form) with the algorithm's default steps; blank: no settings, the algorithm's defaults.",
         "",
         head,
         "|" + "---|" * (len(algorithms) + 1),

@@ -9,6 +9,7 @@ one launch of that Hydra launcher, which takes the list of per-job override list
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -192,11 +193,24 @@ def resolved_config(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(compose(overrides), resolve=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def _fingerprint_of(overrides: tuple[str, ...]) -> str:
+    from bilevel.app.rundir import fingerprint
+
+    return fingerprint(resolved_config(list(overrides)))
+
+
+def config_fingerprint(overrides: list[str]) -> str:
+    """The fingerprint of the config ``overrides`` compose to, composed once per process (the
+    done check, the set-aside check and run sharing all ask for it)."""
+    return _fingerprint_of(tuple(overrides))
+
+
 def is_done(run_dir: Path, overrides: list[str]) -> bool:
     """A finished run (completed or diverged) whose config fingerprint is the one asked for."""
-    from bilevel.app.rundir import is_finished
+    from bilevel.app.rundir import finished_with
 
-    return is_finished(run_dir, resolved_config(overrides))
+    return finished_with(run_dir, config_fingerprint(overrides))
 
 
 def set_aside(run_dir: Path, overrides: list[str]) -> str | None:
@@ -204,14 +218,14 @@ def set_aside(run_dir: Path, overrides: list[str]) -> str | None:
     interrupted run of the same config, whose checkpoint the launch continues; move anything
     else (another config's run, a failed rebuild, a run without checkpoint) to ``.replaced/``
     beside it, never deleting it. Returns where it went, or None."""
-    from bilevel.app.rundir import fingerprint, holds_run
+    from bilevel.app.rundir import holds_run
 
     if not holds_run(run_dir) and not (run_dir / "config.yaml").exists():
         return None
     info = run_dir / "run.json"
     if info.exists() and (run_dir / "checkpoint.pt").exists():
         data = json.loads(info.read_text())
-        if data.get("fingerprint") == fingerprint(resolved_config(overrides)):
+        if data.get("fingerprint") == config_fingerprint(overrides):
             return None
     target = run_dir.parent / ".replaced" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -239,12 +253,10 @@ def adopt_shared(jobs: list[Job], share_root: Path) -> list[Job]:
     """Jobs whose config a finished run elsewhere below ``share_root`` already ran (another
     figure with a coinciding curve): that run's directory is copied into the job's (without its
     checkpoint: the run is finished) instead of running it again. Returns the jobs still to run."""
-    from bilevel.app.rundir import fingerprint
-
     index = finished_runs(share_root)
     left = []
     for job in jobs:
-        source = index.get(fingerprint(resolved_config(job.overrides)))
+        source = index.get(config_fingerprint(job.overrides))
         if source is None or source.resolve() == job.run_dir.resolve():
             left.append(job)
             continue

@@ -132,12 +132,17 @@ def _read_config_yaml(run_dir: Path) -> dict[str, Any] | None:
 
 def is_finished(run_dir: Path, resolved: dict[str, Any]) -> bool:
     """``run_dir`` holds a finished run (completed or diverged) of this config: reusable."""
+    return finished_with(run_dir, fingerprint(resolved))
+
+
+def finished_with(run_dir: Path, config_fingerprint: str) -> bool:
+    """``run_dir`` holds a finished run whose config has ``config_fingerprint``."""
     run_dir = Path(run_dir)
     info = _read_json(run_dir / "run.json")
     return (
         info is not None
         and info.get("status") in FINISHED
-        and info.get("fingerprint") == fingerprint(resolved)
+        and info.get("fingerprint") == config_fingerprint
         and (run_dir / "metrics.csv").exists()
     )
 

@@ -15,9 +15,11 @@ from bilevel.app.figure import (
     plan,
     run_missing,
     runs_root_default,
+    summarize,
     variant_of,
 )
 from bilevel.app.gallery import KEEP_MARKER, catalogue, render, write_gallery
+from bilevel.app.study import split_sweep
 from bilevel.plots import seed_bands
 
 TINY = {
@@ -269,3 +271,27 @@ def test_a_run_that_coincides_with_another_figures_is_shared(registry, tmp_path,
     mine = tmp_path / "runs" / "t" / "other" / "default" / "noisy__p=2__seed1" / "metrics.csv"
     theirs = tmp_path / "runs" / "t" / "tiny" / "default" / "noisy__p=2__seed1" / "metrics.csv"
     assert mine.read_text() == theirs.read_text()
+
+
+def test_a_study_sweeps_one_value_key_and_summary_rate_is_the_factor_per_unit():
+    """A study entry's budget grid is the one sweep override of a run (Hydra syntax, in order);
+    ``summary.rate`` fits the factor by which a metric falls per unit of a column."""
+    base, key, values, seed = split_sweep(["experiment=e", "a.q=1,2,4", "x=0.1", "seed=3"])
+    assert (base, key, values, seed) == (["experiment=e", "x=0.1"], "a.q", [1, 2, 4], 3)
+    assert split_sweep(["seed=0"])[1:3] == (None, [None])  # no sweep: one point
+    with pytest.raises(ConfigError, match="second sweep"):
+        split_sweep(["a=1,2", "b=3,4"])
+    with pytest.raises(ConfigError, match="not a config group"):
+        split_sweep(["algorithm/estimator=cg,neumann"])
+    budgets = [1, 2, 4, 8, 16]
+    table = pd.DataFrame(
+        [
+            {"panel": "p", "curve": "c", "seed": s, "step": i, "budget": b,
+             "err": (1 + s) * 0.8**b, "status": "completed"}
+            for s in (0, 1) for i, b in enumerate(budgets)
+        ]
+    )  # fmt: skip
+    rate = {"last_k": 3, "rate": {"err": "budget"}}
+    summary = summarize(table, {"plot": {"x": "budget", "y": "err"}, "summary": rate})
+    assert summary.err_rate_last3.iloc[0] == pytest.approx(0.8)
+    assert summary.err_final.iloc[0] == pytest.approx(1.5 * 0.8**16)  # median over the seeds

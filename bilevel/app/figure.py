@@ -15,6 +15,13 @@ directory); results under ``results/<NAME>.*`` for the committed small scale and
 ``results/<variant>/<NAME>.*`` when overrides change results (``scale=paper`` →
 ``results/scale=paper/unibio/fig1.png``). The variant names those overrides, so results of
 different scales never overwrite each other.
+
+A study entry (``study:``, e.g. ``diagnostics/hypergrad-error``) is not trained: each planned run
+(and each value of its budget sweep) is built from its config and evaluated in-process by the
+study's function (:mod:`bilevel.app.study`); the rows form the table, and the summary, claims,
+plot and gallery are the same as for trained runs. ``summary.rate: {metric: column}`` adds
+``<metric>_rate_last<k>``: the factor by which the metric falls per unit of that column over the
+last k rows (a least-squares fit of its log), for geometric rates.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from bilevel.app.config import PACKAGE_ROOT, ConfigError
 REGISTRY = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
 ENTRY_KEYS = {"title", "experiment", "seeds", "panels", "curves", "plot", "summary", "claims"}
-ENTRY_KEYS |= {"notes", "paper", "spec", "table"}
+ENTRY_KEYS |= {"notes", "paper", "spec", "table", "study"}
 DEFAULT_VARIANT = "default"
 
 
@@ -183,13 +190,28 @@ def summary_metrics(entry: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys([*_as_list(entry["plot"]["y"]), *extra]))
 
 
+def _rate(rows, x: str, y: str, k: int) -> float:
+    """exp of the least-squares slope of log ``y`` against ``x`` over the last ``k`` rows: the
+    factor by which y falls per unit of x (NaN if fewer than two positive values)."""
+    import numpy as np
+
+    tail = rows.tail(k)
+    tail = tail[tail[y] > 0]
+    if len(tail) < 2 or tail[x].nunique() < 2:
+        return float("nan")
+    return float(np.exp(np.polyfit(tail[x].astype(float), np.log(tail[y].astype(float)), 1)[0]))
+
+
 def summarize(table, entry: dict[str, Any]):
     """Per panel and curve: seeds, for each summarized metric its final value and its mean over
     the last k evaluations (median over seeds), train seconds and oracle calls (median over
-    seeds), peak memory (run.json, median over seeds), diverged seeds."""
+    seeds), peak memory (run.json, median over seeds), diverged seeds; with ``summary.rate``
+    ({metric: x column}) the metric's factor per unit of x over the last k rows (:func:`_rate`,
+    median over seeds)."""
     import pandas as pd
 
     k = entry.get("summary", {}).get("last_k", 1)
+    rates = entry.get("summary", {}).get("rate", {})
     metrics = [m for m in summary_metrics(entry) if m in table.columns]
     rows = []
     for (panel, curve), g in table.groupby(["panel", "curve"], sort=False):
@@ -205,6 +227,9 @@ def summarize(table, entry: dict[str, Any]):
         if "peak_memory_mb" in last:  # tables made before run.json recorded it lack it
             row["peak_memory_mb"] = last["peak_memory_mb"].median()
         row["diverged"] = int((last["status"] == "diverged").sum())
+        for y, x in rates.items():
+            runs = g.sort_values("step").groupby("seed")[[x, y]]
+            row[f"{y}_rate_last{k}"] = runs.apply(_rate, x, y, k).median()
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -251,6 +276,12 @@ def make_figure(
         if not paths["table"].exists():
             raise ConfigError(f"{paths['table']} does not exist; run 'bilevel-figure {name}' first")
         table = pd.read_csv(paths["table"])
+    elif "study" in entry:  # no runs to launch or reuse: evaluated here (--no-run: the same)
+        from bilevel.app.study import run_study
+
+        paths["table"].parent.mkdir(parents=True, exist_ok=True)
+        run_study(entry["study"], runs).to_csv(paths["table"], index=False, float_format="%.6g")
+        table = pd.read_csv(paths["table"])  # as --from-table reads it: the same summary
     else:
         if run:
             failed = run_missing(name, runs, runs_dir, jobs, launcher, share_root=runs_root)

@@ -57,3 +57,41 @@ def test_trimmed_batches_give_the_same_logits_and_gradients(task, dataset, model
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("pool", ["max", "mean", "last"])
+def test_length_buckets_give_the_same_vectors_and_second_order_gradients(bidirectional, pool):
+    """CPU length buckets (sorted chunks, each padded to its own longest) are a reordering of
+    the same computation: sentence vectors, gradients and Hessian-vector products match the
+    one padded batch."""
+    from bilevel.models.rnn import RNNEncoder
+    from bilevel.oracles import second_order
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (200,), generator=gen)
+    lengths[7] = 0  # an empty sentence: one padding token, as in the reference
+    ids = torch.randint(1, 50, (200, 30), generator=gen)
+    kwargs = dict(layers=2, bidirectional=bidirectional, pool=pool)
+    torch.manual_seed(0)
+    one = RNNEncoder(50, 8, 16, **kwargs).double()  # float64: no summation-order noise
+    bucketed = RNNEncoder(50, 8, 16, length_buckets=3, **kwargs).double()
+    bucketed.load_state_dict(one.state_dict())
+    assert bucketed._buckets(ids, lengths) is not None  # 3 chunks of >= 64 sentences
+
+    def grads(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        with second_order():
+            out = model(ids, lengths)
+            g = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+            hv = torch.autograd.grad(sum(x.sum() for x in g), params)
+        return out, g, hv
+
+    for a, b in zip(grads(one), grads(bucketed), strict=True):
+        for u, v in zip(a if isinstance(a, tuple) else [a], b if isinstance(b, tuple) else [b]):
+            torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-10)
+    # the quirk Q26 pool depends on the padded length: never bucketed
+    assert (
+        RNNEncoder(50, 8, 16, pool_includes_padding=True, length_buckets=3)._buckets(ids, lengths)
+        is None
+    )

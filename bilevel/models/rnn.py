@@ -14,7 +14,17 @@ max-pool over time of the padded output. Here:
   does. Pooling then ignores padding (``pool_includes_padding`` restores quirk Q26);
 * ``nn.LSTM`` / ``nn.RNN`` with their fused kernels: a second-order call must run inside
   :func:`bilevel.oracles.second_order`, which turns cuDNN (CUDA) / mkldnn (CPU) off for that call
-  only (DESIGN §5).
+  only (DESIGN §5);
+* length buckets (CPU): a CPU recurrence costs batch × longest length, padding included, one
+  time step after the other. With ``length_buckets`` = k > 1 the batch is sorted by length and
+  run as k chunks, each padded only to its own longest sentence, and the sentence vectors are
+  put back in batch order. The result is the same (every sentence sees only its own tokens; the
+  pool ignores padding), at roughly the cost of the mean length instead of the longest (SNLI
+  pairs: mean ≈ 14 tokens, longest of a 400-pair batch ≈ 40). Packing
+  (``pack_padded_sequence``) was measured slower on CPU, 3× slower with a double backward
+  (/tmp/lstm_bench.py in issue #13's note). Off on accelerators (one padded launch is faster
+  there and sorting needs the lengths on the host) and with ``pool_includes_padding`` (the
+  quirk's result depends on the padded length).
 """
 
 from __future__ import annotations
@@ -97,7 +107,11 @@ class RNNEncoder(nn.Module):
         pool_includes_padding: quirk Q26, the reference pools over the padded output (zeros at
             padding); see :func:`bilevel.models.pooling.pool_time`. Default False (masked).
         dropout: between stacked layers (reference 0).
+        length_buckets: on CPU, run the batch as this many chunks of similar lengths (module
+            doc); 1: one padded batch. Chunks hold at least ``MIN_BUCKET`` sentences.
     """
+
+    MIN_BUCKET = 64
 
     def __init__(
         self,
@@ -113,8 +127,12 @@ class RNNEncoder(nn.Module):
         freeze_embeddings: bool | None = None,
         pool_includes_padding: bool = False,
         dropout: float = 0.0,
+        length_buckets: int = 1,
     ):
         super().__init__()
+        if length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
+        self.length_buckets = length_buckets
         if cell not in _CELLS:
             raise ValueError(f"unknown cell {cell!r}: expected one of {sorted(_CELLS)}")
         if pool not in ("max", "mean", "last"):
@@ -144,6 +162,33 @@ class RNNEncoder(nn.Module):
             )
 
     def forward(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        chunks = self._buckets(ids, lengths)
+        if chunks is None:
+            return self._encode(ids, lengths)
+        order, sizes, longest = chunks
+        parts = [
+            self._encode(ids[idx, :steps], lengths[idx])
+            for idx, steps in zip(order.split(sizes), longest, strict=True)
+        ]
+        return torch.cat(parts).index_select(0, torch.argsort(order))
+
+    def _buckets(
+        self, ids: Tensor, lengths: Tensor | None
+    ) -> tuple[Tensor, list[int], list[int]] | None:
+        """(batch order sorted by length, chunk sizes, each chunk's longest length), or None
+        when the batch runs as one (accelerator, quirk Q26, one bucket, a small batch)."""
+        n = min(self.length_buckets, ids.shape[0] // self.MIN_BUCKET)
+        if n < 2 or lengths is None or ids.device.type != "cpu" or self.pool_includes_padding:
+            return None
+        lengths = lengths.clamp(min=1)
+        order = torch.argsort(lengths)
+        sizes = [len(c) for c in order.tensor_split(n)]
+        ends = torch.tensor(sizes).cumsum(0) - 1
+        longest = lengths[order[ends]].tolist()  # host tensors (CPU only): no device sync
+        return order, sizes, longest
+
+    def _encode(self, ids: Tensor, lengths: Tensor | None) -> Tensor:
+        """The sentence vectors of one padded batch."""
         mask = valid_mask(lengths, ids.shape[0], ids.shape[1], ids.device)
         h = self.embedding(ids)
         if not self.bidirectional:

@@ -8,12 +8,15 @@ The x axis is any column of the table: step, epoch, train wall time, oracle call
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,6 +70,58 @@ def _text(label: str) -> str:
 def metric_label(name: str) -> str:
     """The default axis label of a metric or x column (mathtext for the known metrics)."""
     return METRIC_LABELS.get(name, X_LABELS.get(name, name))
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y ≈ c·x^slope fitted on log–log axes over [x_lo, x_hi] at ``n`` points; ``r2`` is the
+    coefficient of determination of log y (NaN where it is undefined)."""
+
+    slope: float
+    log_c: float
+    r2: float
+    x_lo: float
+    x_hi: float
+    n: int
+
+    def __call__(self, x: Any) -> Any:
+        return np.exp(self.log_c) * np.asarray(x, dtype=float) ** self.slope
+
+
+def power_law_fit(
+    x: Sequence[float],
+    y: Sequence[float],
+    x_range: Sequence[float | None] | None = None,
+    points: int | None = None,
+) -> PowerLaw:
+    """Least-squares line through (log x, log y): the power law y ≈ c·x^slope (UniBiO Fig. 5:
+    the running average of ‖∇Φ(x_t)‖ over t < T against T, linear regression on log–log axes).
+
+    Only pairs with x, y > 0 and x within ``x_range`` = [lo, hi] (None: unbounded) are fitted;
+    with ``points`` = n, only the pairs whose x is nearest to n log-spaced values over that range
+    (each decade weighs the same, as several runs of log-spaced lengths T would; a dense linear
+    grid of T would let the last decade decide the slope). NaN slope with fewer than two x."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    lo, hi = x_range if x_range is not None else (None, None)
+    keep = (xs > 0) & (ys > 0) & np.isfinite(xs) & np.isfinite(ys)
+    if lo is not None:
+        keep &= xs >= lo
+    if hi is not None:
+        keep &= xs <= hi
+    order = np.argsort(xs[keep], kind="stable")
+    xs, ys = xs[keep][order], ys[keep][order]
+    lx, ly = np.log(xs), np.log(ys)
+    if points is not None and len(lx) > 0:
+        grid = np.linspace(lx[0], lx[-1], int(points))
+        nearest = np.unique(np.abs(lx[None, :] - grid[:, None]).argmin(axis=1))
+        xs, lx, ly = xs[nearest], lx[nearest], ly[nearest]
+    if len(np.unique(lx)) < 2:
+        return PowerLaw(math.nan, math.nan, math.nan, math.nan, math.nan, len(lx))
+    slope, log_c = np.polyfit(lx, ly, 1)
+    residual = float(((ly - (slope * lx + log_c)) ** 2).sum())
+    total = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - residual / total if total > 0 else math.nan
+    return PowerLaw(float(slope), float(log_c), r2, float(xs[0]), float(xs[-1]), len(lx))
 
 
 def smooth_runs(
@@ -137,6 +192,10 @@ def plot_panels(
     - ``smooth``: optional int K: a trailing running mean over K evaluations (``min_periods=1``)
       applied to each run, i.e. per (panel, curve, seed) along x, before the statistics over seeds;
       the y label gets a second line "(running mean, w=K)". Absent or 0/1: the raw values.
+    - ``fit``: a power law fitted to each curve's median (:func:`power_law_fit`), drawn dashed over
+      its fitted range, with its slope and R² listed in the panel's corner: ``true`` for every
+      (x, y), or ``{"fits": {y: x}, "range": [lo, hi], "points": n}`` for the listed pairs (what
+      ``bilevel-figure`` passes for ``fit: true``: the summary's ``slope`` settings).
 
     Rows whose y is NaN (steps without an evaluation) are dropped per metric. When the table has a
     ``step`` column and x is another column, the seeds are matched by step and each point sits at
@@ -157,6 +216,7 @@ def plot_panels(
     logys = _as_list(spec.get("logy", False), n_rows, "logy")
     band = tuple(spec.get("band") or DEFAULT_BAND)
     window = int(spec.get("smooth") or 0)
+    fit = spec.get("fit") or {}
     by = ["panel", "curve"]
 
     fig, axes = plt.subplots(
@@ -191,6 +251,8 @@ def plot_panels(
                 if (s["n_seeds"] > 1).any():
                     ax.fill_between(s[x], s["lo"], s["hi"], color=color, alpha=0.18, lw=0)
                 drawn.add(curve)
+            if fit is True or fit.get("fits", {}).get(y) == x:
+                _draw_fits(ax, stats[stats.panel == panel], x, curve_order, color_of, fit)
             if r == 0:
                 ax.set_title(_text(panel), fontsize=10)
             if r == n_rows - 1:
@@ -224,6 +286,34 @@ def plot_panels(
         width = max(30, int(fig.get_size_inches()[0] * 11))  # 11-pt: ~11 characters an inch
         fig.suptitle(textwrap.fill(_text(title), width), fontsize=11)
     return fig
+
+
+def _draw_fits(
+    ax: plt.Axes,
+    stats: pd.DataFrame,
+    x: str,
+    curve_order: Sequence[str],
+    color_of: dict[str, str],
+    fit: dict[str, Any] | bool,
+) -> None:
+    """Each curve's power law (fitted to its median) dashed, and "curve: slope s (R² r)" per
+    curve in the panel's lower left corner, in the curve's colour."""
+    x_range = None if fit is True else fit.get("range")
+    points = None if fit is True else fit.get("points")
+    lines = []
+    for curve in curve_order:
+        s = stats[stats.curve == curve]
+        if s.empty:
+            continue
+        law = power_law_fit(s[x], s["median"], x_range, points)
+        if math.isnan(law.slope):
+            continue
+        grid = np.geomspace(law.x_lo, law.x_hi, 50)
+        ax.plot(grid, law(grid), color=color_of[curve], lw=1.0, ls="--")
+        lines.append((f"{_text(curve)}: slope {law.slope:.2f} ($R^2$ {law.r2:.2f})", curve))
+    for i, (text, curve) in enumerate(reversed(lines)):
+        ax.text(0.03, 0.04 + 0.075 * i, text, transform=ax.transAxes, fontsize=7,
+                color=color_of[curve])  # fmt: skip
 
 
 def save_figure(fig: plt.Figure, path_png: Path) -> list[Path]:

@@ -22,6 +22,17 @@ study's function (:mod:`bilevel.app.study`); the rows form the table, and the su
 plot and gallery are the same as for trained runs. ``summary.rate: {metric: column}`` adds
 ``<metric>_rate_last<k>``: the factor by which the metric falls per unit of that column over the
 last k rows (a least-squares fit of its log), for geometric rates.
+
+Power laws (UniBiO Fig. 5): ``running_mean: [metric, ...]`` adds ``<metric>_running_mean``, the
+mean of the metric over a run's evaluations so far, and ``n_averaged``, their count (T when every
+iteration is evaluated), to the table; ``summary.slope: {metric: column}`` adds
+``<metric>_slope`` and ``<metric>_slope_r2``: the least-squares line through (log x, log y)
+(:func:`bilevel.plots.power_law_fit`, over ``summary.slope_range`` at ``summary.slope_points``
+log-spaced x values), ``summary.slope_also_from: [lo, ...]`` the same fit from each lo on
+(``<metric>_slope_from<lo>``, ``..._r2``: is a slope a property of the window?), and
+``plot.fit: true`` draws the main fit dashed with its slope. A panel's
+``per_curve: {curve label: [overrides]}`` applies after the curve's own overrides (a step size per
+curve on one panel, a common one on another).
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from bilevel.app.config import PACKAGE_ROOT, ConfigError
 REGISTRY = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
 ENTRY_KEYS = {"title", "experiment", "seeds", "panels", "curves", "plot", "summary", "claims"}
-ENTRY_KEYS |= {"notes", "paper", "spec", "table", "study"}
+ENTRY_KEYS |= {"notes", "paper", "spec", "table", "study", "running_mean"}
 DEFAULT_VARIANT = "default"
 
 
@@ -121,10 +132,17 @@ def variant_of(overrides: list[str]) -> str:
 
 
 def plan(entry: dict[str, Any], extra: list[str] | None = None) -> list[PlannedRun]:
-    """Every run of the entry: panels × curves × seeds; ``extra`` overrides come last (win)."""
+    """Every run of the entry: panels × curves × seeds; the overrides of the panel, the curve, the
+    panel's ``per_curve`` ones for that curve, the seed; ``extra`` overrides come last (win)."""
+    labels = {c["label"] for c in entry["curves"]}
     runs = []
     for panel in entry["panels"]:
         seeds = panel.get("seeds", entry.get("seeds", [0]))
+        per_curve = panel.get("per_curve", {})
+        unknown = set(per_curve) - labels
+        if unknown:
+            where = f"panel {panel['label']!r}"
+            raise ConfigError(f"{where}: per_curve names no curve {sorted(unknown)}")
         for curve in entry["curves"]:
             for seed in seeds:
                 run_id = f"{_slug(panel['label'])}__{_slug(curve['label'])}__seed{seed}"
@@ -132,6 +150,7 @@ def plan(entry: dict[str, Any], extra: list[str] | None = None) -> list[PlannedR
                     f"experiment={entry['experiment']}",
                     *panel.get("overrides", []),
                     *curve.get("overrides", []),
+                    *per_curve.get(curve["label"], []),
                     f"seed={seed}",
                     "trainer.progress=false",
                     *(extra or []),
@@ -202,16 +221,60 @@ def _rate(rows, x: str, y: str, k: int) -> float:
     return float(np.exp(np.polyfit(tail[x].astype(float), np.log(tail[y].astype(float)), 1)[0]))
 
 
+def add_running_means(table, metrics: list[str]):
+    """``<metric>_running_mean``: the mean of each metric over a run's evaluations up to each row
+    (ordered by step), and ``n_averaged``, how many (UniBiO Fig. 5: (1/T)·Σ_{t<T} ‖∇Φ(x_t)‖
+    with T = n_averaged when every iteration is evaluated, step t holding x_t)."""
+    if not metrics:
+        return table
+    missing = [m for m in metrics if m not in table.columns]
+    if missing:
+        raise ConfigError(f"running_mean: {missing} not in the table ({', '.join(table.columns)})")
+    keys = ["panel", "curve", "seed"]
+    out = table.sort_values([*keys, "step"], kind="stable").copy()
+    runs = out.groupby(keys, sort=False)
+    for m in metrics:  # evaluations without the metric (NaN) are not counted
+        seen = out[m].notna().groupby([out[k] for k in keys], sort=False).cumsum()
+        out[f"{m}_running_mean"] = runs[m].cumsum() / seen
+    out["n_averaged"] = runs.cumcount() + 1
+    return out.sort_index()
+
+
+def _slope(rows, x: str, y: str, x_range: Any, points: int | None) -> Any:
+    """Slope and R² of the power law fitted to one run (:func:`bilevel.plots.power_law_fit`)."""
+    import pandas as pd
+
+    from bilevel.plots import power_law_fit
+
+    fit = power_law_fit(rows[x], rows[y], x_range, points)
+    return pd.Series({"slope": fit.slope, "r2": fit.r2})
+
+
+def slope_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry's power-law fits: ``{"fits": {metric: x}, "range": [lo, hi], "points": n,
+    "also_from": [lo, ...]}``."""
+    summary = entry.get("summary", {})
+    return {
+        "fits": summary.get("slope", {}),
+        "range": summary.get("slope_range"),
+        "points": summary.get("slope_points"),
+        "also_from": summary.get("slope_also_from", []),
+    }
+
+
 def summarize(table, entry: dict[str, Any]):
     """Per panel and curve: seeds, for each summarized metric its final value and its mean over
     the last k evaluations (median over seeds), train seconds and oracle calls (median over
     seeds), peak memory (run.json, median over seeds), diverged seeds; with ``summary.rate``
     ({metric: x column}) the metric's factor per unit of x over the last k rows (:func:`_rate`,
-    median over seeds)."""
+    median over seeds); with ``summary.slope`` ({metric: x column}) the slope and R² of the
+    power law fitted on log–log axes (:func:`_slope`, median over seeds), over
+    ``summary.slope_range`` and from each ``summary.slope_also_from`` value on."""
     import pandas as pd
 
     k = entry.get("summary", {}).get("last_k", 1)
     rates = entry.get("summary", {}).get("rate", {})
+    slopes = slope_settings(entry)
     metrics = [m for m in summary_metrics(entry) if m in table.columns]
     rows = []
     for (panel, curve), g in table.groupby(["panel", "curve"], sort=False):
@@ -230,6 +293,14 @@ def summarize(table, entry: dict[str, Any]):
         for y, x in rates.items():
             runs = g.sort_values("step").groupby("seed")[[x, y]]
             row[f"{y}_rate_last{k}"] = runs.apply(_rate, x, y, k).median()
+        main = list(slopes["range"] or [None, None])
+        windows = {"": main, **{f"_from{lo:g}": [lo, main[1]] for lo in slopes["also_from"]}}
+        for y, x in slopes["fits"].items():
+            runs = g.sort_values("step").groupby("seed")[[x, y]]
+            for suffix, window in windows.items():
+                fits = runs.apply(_slope, x, y, window, slopes["points"]).median()
+                row[f"{y}_slope{suffix}"] = fits["slope"]
+                row[f"{y}_slope{suffix}_r2"] = fits["r2"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -304,9 +375,12 @@ def make_figure(
                     f"{missing[0]} (under {runs_dir})"
                 )
         table = gather(name, runs, runs_dir, entry.get("table", "metrics"))
+        table = add_running_means(table, _as_list(entry.get("running_mean", [])))
         plot = entry["plot"]
         keep = ["panel", "curve", "seed", "step", "epoch", "wall_s", "oracle_calls", "samples"]
         keep += ["status", "peak_memory_mb", *_as_list(plot["x"]), *summary_metrics(entry)]
+        fits = slope_settings(entry)["fits"]
+        keep += [*fits.values(), *fits]
         table = table[list(dict.fromkeys(c for c in keep if c in table.columns))]
         paths["table"].parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(paths["table"], index=False, float_format="%.6g")
@@ -315,9 +389,12 @@ def make_figure(
     summary.to_csv(paths["summary"], index=False, float_format="%.4g")
     claims = evaluate_claims(entry.get("claims", []), summary, f"{name}: claims")
     claims.to_csv(paths["claims"], index=False)
+    plot = dict(entry["plot"])
+    if plot.get("fit") is True:  # the summary's power laws, drawn
+        plot["fit"] = slope_settings(entry)
     fig = plot_panels(
         table,
-        entry["plot"],
+        plot,
         [p["label"] for p in entry["panels"]],
         [c["label"] for c in entry["curves"]],
         entry.get("title", name),

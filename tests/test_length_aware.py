@@ -59,25 +59,47 @@ def test_trimmed_batches_give_the_same_logits_and_gradients(task, dataset, model
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("pool", ["max", "mean", "last"])
-def test_length_buckets_give_the_same_vectors_and_second_order_gradients(bidirectional, pool):
-    """CPU length buckets (sorted chunks, each padded to its own longest) are a reordering of
-    the same computation: sentence vectors, gradients and Hessian-vector products match the
-    one padded batch."""
+def _encoders(**kwargs):
+    """(one padded batch, 3 length buckets) of the same encoder, float64 (no summation-order
+    noise), the same weights."""
     from bilevel.models.rnn import RNNEncoder
+    from bilevel.models.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    if kwargs.pop("kind") == "transformer":
+        make = lambda **k: TransformerEncoder(50, hidden=16, layers=2, heads=2, ffn=32, **k)  # noqa: E731
+    else:
+        make = lambda **k: RNNEncoder(50, 8, 16, layers=2, **k)  # noqa: E731
+    one, bucketed = make(**kwargs).double(), make(length_buckets=3, **kwargs).double()
+    bucketed.load_state_dict(one.state_dict())
+    return one, bucketed
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        *(
+            dict(kind="rnn", bidirectional=b, pool=p)
+            for b in (False, True)
+            for p in ("max", "mean", "last")
+        ),
+        dict(kind="transformer", pool="cls", cls_id=1),
+        dict(kind="transformer", pool="mean"),
+    ],
+)
+def test_length_buckets_give_the_same_vectors_and_second_order_gradients(kwargs):
+    """CPU length buckets (sorted chunks, each cut to its own longest sentence) are a
+    reordering of the same computation: sentence vectors, gradients and Hessian-vector products
+    match the one padded batch."""
+    from bilevel.models.pooling import length_buckets
     from bilevel.oracles import second_order
 
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 30, (200,), generator=gen)
     lengths[7] = 0  # an empty sentence: one padding token, as in the reference
     ids = torch.randint(1, 50, (200, 30), generator=gen)
-    kwargs = dict(layers=2, bidirectional=bidirectional, pool=pool)
-    torch.manual_seed(0)
-    one = RNNEncoder(50, 8, 16, **kwargs).double()  # float64: no summation-order noise
-    bucketed = RNNEncoder(50, 8, 16, length_buckets=3, **kwargs).double()
-    bucketed.load_state_dict(one.state_dict())
-    assert bucketed._buckets(ids, lengths) is not None  # 3 chunks of >= 64 sentences
+    one, bucketed = _encoders(**kwargs)
+    assert length_buckets(ids, lengths, 3) is not None  # 3 chunks of >= 64 sentences
 
     def grads(model):
         params = [p for p in model.parameters() if p.requires_grad]
@@ -85,13 +107,22 @@ def test_length_buckets_give_the_same_vectors_and_second_order_gradients(bidirec
             out = model(ids, lengths)
             g = torch.autograd.grad(out.square().sum(), params, create_graph=True)
             hv = torch.autograd.grad(sum(x.sum() for x in g), params)
-        return out, g, hv
+        return [out, *g, *hv]
 
-    for a, b in zip(grads(one), grads(bucketed), strict=True):
-        for u, v in zip(a if isinstance(a, tuple) else [a], b if isinstance(b, tuple) else [b]):
-            torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-10)
-    # the quirk Q26 pool depends on the padded length: never bucketed
-    assert (
-        RNNEncoder(50, 8, 16, pool_includes_padding=True, length_buckets=3)._buckets(ids, lengths)
-        is None
-    )
+    for u, v in zip(grads(one), grads(bucketed), strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-10)
+
+
+def test_length_buckets_stay_off_for_the_padding_quirk_and_small_batches():
+    """Quirk Q26's max-pool over padding depends on the padded length: never bucketed; nor is
+    a batch too small to split into chunks of MIN_BUCKET sentences."""
+    from bilevel.models.pooling import MIN_BUCKET, length_buckets
+    from bilevel.models.rnn import RNNEncoder
+
+    ids, lengths = torch.ones(200, 30, dtype=torch.long), torch.arange(200) % 30
+    quirk = RNNEncoder(50, 8, 16, pool_includes_padding=True, length_buckets=3)
+    called = []
+    quirk._encode = lambda i, n: called.append(len(i)) or torch.zeros(len(i), 16)
+    quirk(ids, lengths)
+    assert called == [200]
+    assert length_buckets(ids[: 2 * MIN_BUCKET - 1], lengths[: 2 * MIN_BUCKET - 1], 4) is None

@@ -39,6 +39,9 @@ RESULT_NEUTRAL_KEYS: tuple[str, ...] = (
     "trainer.progress",  # progress bar
     "trainer.num_threads",  # CPU threads: speed, not results
     "trainer.checkpoint_every",  # resume is exact, so checkpoint cadence changes nothing
+    # CPU length buckets: the same computation reordered (float rounding only, like threads)
+    "model.length_buckets",
+    "task.model.length_buckets",
 )
 
 CHECKPOINT = "checkpoint.pt"  # = bilevel.trainer.CHECKPOINT (not imported: no torch here)

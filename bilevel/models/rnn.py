@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bilevel.models.pooling import Pool, pool_time, valid_mask
+from bilevel.models.pooling import Pool, encode_in_buckets, pool_time, valid_mask
 
 Cell = Literal["lstm", "rnn"]
 _CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "rnn": nn.RNN}
@@ -108,10 +108,8 @@ class RNNEncoder(nn.Module):
             padding); see :func:`bilevel.models.pooling.pool_time`. Default False (masked).
         dropout: between stacked layers (reference 0).
         length_buckets: on CPU, run the batch as this many chunks of similar lengths (module
-            doc); 1: one padded batch. Chunks hold at least ``MIN_BUCKET`` sentences.
+            doc, :func:`bilevel.models.pooling.encode_in_buckets`); 1: one padded batch.
     """
-
-    MIN_BUCKET = 64
 
     def __init__(
         self,
@@ -162,30 +160,9 @@ class RNNEncoder(nn.Module):
             )
 
     def forward(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
-        chunks = self._buckets(ids, lengths)
-        if chunks is None:
-            return self._encode(ids, lengths)
-        order, sizes, longest = chunks
-        parts = [
-            self._encode(ids[idx, :steps], lengths[idx])
-            for idx, steps in zip(order.split(sizes), longest, strict=True)
-        ]
-        return torch.cat(parts).index_select(0, torch.argsort(order))
-
-    def _buckets(
-        self, ids: Tensor, lengths: Tensor | None
-    ) -> tuple[Tensor, list[int], list[int]] | None:
-        """(batch order sorted by length, chunk sizes, each chunk's longest length), or None
-        when the batch runs as one (accelerator, quirk Q26, one bucket, a small batch)."""
-        n = min(self.length_buckets, ids.shape[0] // self.MIN_BUCKET)
-        if n < 2 or lengths is None or ids.device.type != "cpu" or self.pool_includes_padding:
-            return None
-        lengths = lengths.clamp(min=1)
-        order = torch.argsort(lengths)
-        sizes = [len(c) for c in order.tensor_split(n)]
-        ends = torch.tensor(sizes).cumsum(0) - 1
-        longest = lengths[order[ends]].tolist()  # host tensors (CPU only): no device sync
-        return order, sizes, longest
+        # the quirk's pool depends on the padded length: one batch
+        buckets = 1 if self.pool_includes_padding else self.length_buckets
+        return encode_in_buckets(self._encode, ids, lengths, buckets)
 
     def _encode(self, ids: Tensor, lengths: Tensor | None) -> Tensor:
         """The sentence vectors of one padded batch."""

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from bilevel.models.pooling import pool_time, valid_mask
+from bilevel.models.pooling import encode_in_buckets, pool_time, valid_mask
 
 
 class TransformerEncoder(nn.Module):
@@ -53,6 +53,9 @@ class TransformerEncoder(nn.Module):
         type_vocab_size: token-type embeddings (0 = none; BERT 2, every token of type 0).
         norm_first: pre-LN layers (+ final LayerNorm) instead of BERT's post-LN.
         activation, layer_norm_eps, init_std: BERT's ``gelu``, 1e-12, 0.02.
+        length_buckets: on CPU, run a batch as this many chunks of similar lengths, each cut to
+            its longest sentence (:func:`bilevel.models.pooling.encode_in_buckets`: the same
+            vectors, less work on padding); 1: one padded batch.
     """
 
     def __init__(
@@ -74,8 +77,12 @@ class TransformerEncoder(nn.Module):
         activation: Literal["gelu", "relu"] = "gelu",
         layer_norm_eps: float = 1e-12,
         init_std: float = 0.02,
+        length_buckets: int = 1,
     ):
         super().__init__()
+        if length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
+        self.length_buckets = length_buckets
         if pool not in ("cls", "mean"):
             raise ValueError(f"unknown pool {pool!r}: expected 'cls' or 'mean'")
         if embeddings is not None and tuple(embeddings.shape) != (vocab_size, hidden):
@@ -130,6 +137,10 @@ class TransformerEncoder(nn.Module):
                 nn.init.zeros_(module.in_proj_bias)
 
     def forward(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return encode_in_buckets(self._encode, ids, lengths, self.length_buckets)
+
+    def _encode(self, ids: Tensor, lengths: Tensor | None) -> Tensor:
+        """The pooled vectors of one padded batch."""
         batch = ids.shape[0]
         if self.cls_id is not None:
             cls = torch.full((batch, 1), self.cls_id, dtype=ids.dtype, device=ids.device)

@@ -1,6 +1,7 @@
 """diagnostics/smoothness (issue #12): the probe's high-accuracy ∇Φ against the quadratic task's
 closed form, its secant against the exact Hessian of Φ, its place outside the run (clock, oracle
-counts, RNG) and its checkpoint."""
+counts, RNG), its checkpoint, the (L0, L1) fit on data with known values and the scatter
+plot."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import math
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,8 +17,10 @@ from hydra.utils import instantiate
 
 from bilevel import tree
 from bilevel.app.config import compose
+from bilevel.app.figure import summarize
 from bilevel.app.run import build_and_run
 from bilevel.diagnostics.smoothness import SmoothnessProbe, accurate_hypergrad
+from bilevel.plots import affine_fit, plot_panels
 from bilevel.tasks.quadratic import Quadratic
 from bilevel.trainer import Trainer
 
@@ -131,3 +135,49 @@ def test_a_resumed_run_continues_the_probe(tmp_path):
     keep = [c for c in whole.columns if c != "probe_s"]
     pd.testing.assert_frame_equal(whole[keep], cut[keep])
     assert cut.smoothness.iloc[1:].notna().all()  # step 6's secant starts at step 4's point
+
+
+def test_the_affine_fit_recovers_known_l0_l1_and_reports_its_residual():
+    """Least squares with L0, L1 ≥ 0: exact data give (L0, L1) back with residual 0; noise of
+    known size gives a residual of that size; a negative intercept is clipped to the line through
+    the origin; constant data give L1 = 0 (R² undefined)."""
+    x = np.linspace(0.1, 5.0, 40)
+    exact = affine_fit(x, 0.7 + 2.5 * x)
+    assert (exact.l0, exact.l1) == (pytest.approx(0.7), pytest.approx(2.5))
+    assert exact.residual == pytest.approx(0.0, abs=1e-12) and exact.r2 == pytest.approx(1.0)
+    noise = 0.1 * np.where(np.arange(40) % 2, 1.0, -1.0)  # ±0.1, orthogonal to (1, x) nearly
+    noisy = affine_fit(x, 0.7 + 2.5 * x + noise)
+    assert noisy.l0 == pytest.approx(0.7, abs=0.02) and noisy.l1 == pytest.approx(2.5, abs=0.01)
+    assert noisy.residual == pytest.approx(0.1, rel=0.05) and 0.99 < noisy.r2 < 1.0
+    through_origin = affine_fit(x, 3.0 * x - 1.0)
+    assert through_origin.l0 == 0.0 and through_origin.l1 > 0
+    flat = affine_fit(x, np.full_like(x, 2.0))
+    assert (flat.l0, flat.l1) == (pytest.approx(2.0), pytest.approx(0.0, abs=1e-12))
+    assert math.isnan(flat.r2) and math.isnan(affine_fit([1.0, 1.0], [1.0, 2.0]).l1)
+
+
+def test_summary_affine_pools_seeds_and_reports_each_seeds_slope():
+    """``summary.affine``: one pooled fit per panel and curve, L1 of each seed alone beside it."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for panel, (l0, l1) in {"rnn": (0.5, 2.0), "transformer": (0.2, 0.6)}.items():
+        for seed in range(3):
+            g = rng.uniform(0.1, 5.0, 30)
+            rows += [{"panel": panel, "curve": "AdamBO", "seed": seed, "step": 2 * i, "g": v,
+                      "L": l0 + l1 * v + 0.01 * rng.standard_normal(), "status": "completed"}
+                     for i, v in enumerate(g)]  # fmt: skip
+    entry = {"plot": {"x": "g", "y": "L"}, "summary": {"affine": {"L": "g"}}}
+    summary = summarize(pd.DataFrame(rows), entry).set_index("panel")
+    assert summary.loc["rnn", "L_L0"] == pytest.approx(0.5, abs=0.01)
+    assert summary.loc["rnn", "L_L1"] == pytest.approx(2.0, abs=0.01)
+    assert summary.loc["transformer", "L_L1"] == pytest.approx(0.6, abs=0.01)
+    assert (summary.L_points == 90).all() and (summary.L_residual < 0.02).all()
+    assert (summary.L_L1_seed_min <= summary.L_L1).all() and (
+        summary.L_L1 <= summary.L_L1_seed_max
+    ).all()
+    spec = {"kind": "scatter", "x": "g", "y": "L", "fit": {"affine": {"L": "g"}}}
+    fig = plot_panels(pd.DataFrame(rows), spec, ["rnn", "transformer"], ["AdamBO"])
+    ax = fig.axes[0]
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 90
+    assert any("$L_1$ 2" in t.get_text() for t in ax.texts)
+    assert sum(line.get_linestyle() == "--" for line in ax.get_lines()) == 1

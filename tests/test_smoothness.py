@@ -1,7 +1,7 @@
 """diagnostics/smoothness (issue #12): the probe's high-accuracy ∇Φ against the quadratic task's
 closed form, its secant against the exact Hessian of Φ, its place outside the run (clock, oracle
-counts, RNG), its checkpoint, the (L0, L1) fit on data with known values and the scatter
-plot."""
+counts, RNG), its checkpoint, the (L0, L1) fit on data with known values, the scatter plot, and
+the committed summary."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ import torch
 from hydra.utils import instantiate
 
 from bilevel import tree
-from bilevel.app.config import compose
-from bilevel.app.figure import summarize
+from bilevel.app.claims import NOT_REPRODUCED, REPRODUCED
+from bilevel.app.config import PACKAGE_ROOT, compose
+from bilevel.app.figure import load_entry, summarize
 from bilevel.app.run import build_and_run
 from bilevel.diagnostics.smoothness import SmoothnessProbe, accurate_hypergrad
 from bilevel.plots import affine_fit, plot_panels
 from bilevel.tasks.quadratic import Quadratic
 from bilevel.trainer import Trainer
 
+NAME = "diagnostics/smoothness"
+RESULTS = PACKAGE_ROOT / "results" / "diagnostics"
 # StocBiO on the quadratic task (closed forms) with the probe every 2 steps
 RUN = ["algorithm=stocbio", "task=quadratic", "~settings", "probe=smoothness",
        "trainer.max_steps=12", "trainer.eval_every=4", "trainer.checkpoint_every=0",
@@ -181,3 +184,21 @@ def test_summary_affine_pools_seeds_and_reports_each_seeds_slope():
     assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 90
     assert any("$L_1$ 2" in t.get_text() for t in ax.texts)
     assert sum(line.get_linestyle() == "--" for line in ax.get_lines()) == 1
+
+
+def test_committed_summary_has_l0_l1_and_residual_per_task():
+    """results/diagnostics/smoothness*: one summary row per task with L0, L1, the residual and
+    R², which are the entry's fit of the committed table; every claim has a status."""
+    entry = load_entry(NAME)
+    table = pd.read_csv(RESULTS / "smoothness.csv")
+    summary = pd.read_csv(RESULTS / "smoothness_summary.csv")
+    columns = ["smoothness_L0", "smoothness_L1", "smoothness_residual", "smoothness_r2"]
+    assert set(columns) <= set(summary.columns)
+    assert len(summary) == len(entry["panels"]) * len(entry["curves"])
+    assert np.isfinite(summary[columns].to_numpy()).all()
+    assert (summary.seeds >= 3).all() and (summary.smoothness_points >= 3 * 20).all()
+    again = summarize(table, entry)
+    np.testing.assert_allclose(again[columns], summary[columns], rtol=1e-3, atol=1e-6)
+    claims = pd.read_csv(RESULTS / "smoothness_claims.csv")
+    assert set(claims.claim) == {c["text"] for c in entry["claims"]}
+    assert claims.status.isin([REPRODUCED, NOT_REPRODUCED]).all()

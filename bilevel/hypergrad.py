@@ -12,10 +12,12 @@ algorithms evaluating one sample at two points (STORM) and checkpoints stay simp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from bilevel import tree
 from bilevel.oracles import Batch, FGrad, LowerGraph
@@ -210,6 +212,43 @@ def _sum(terms: list[Params]) -> Params:
 
 
 @dataclass
+class CGResult:
+    """What :func:`conjugate_gradient` returns: s ≈ H⁻¹b, the relative residual ‖b − Hs‖/‖b‖
+    (a tensor) and the number of products taken."""
+
+    solution: Params
+    rel_residual: Tensor
+    iters: int
+
+
+def conjugate_gradient(
+    matvec: Callable[[Params], Params], b: Params, iters: int, tol: float
+) -> CGResult:
+    """Conjugate gradients for H s = b from s = 0, H symmetric positive definite given by
+    ``matvec``; stops after ``iters`` products or when ‖b − Hs‖ ≤ tol·‖b‖ (checked every
+    iteration: a host sync each, accepted for this offline/small-problem tool)."""
+    s = tree.zeros_like(b)
+    r = dict(b)
+    p = dict(b)
+    rr = tree.sq_norm(r)
+    rr0 = rr
+    stop = (tol**2) * rr
+    done = 0
+    for _ in range(iters):
+        if bool(rr <= stop):
+            break
+        hp = matvec(p)
+        done += 1
+        alpha = rr / tree.dot(p, hp)
+        s = tree.add(s, tree.scale(p, alpha))
+        r = tree.add(r, tree.scale(hp, -alpha))
+        rr_new = tree.sq_norm(r)
+        p = tree.add(r, tree.scale(p, rr_new / rr))
+        rr = rr_new
+    return CGResult(s, (rr / rr0.clamp_min(torch.finfo(rr0.dtype).tiny)).sqrt(), done)
+
+
+@dataclass
 class ConjugateGradient(OneLowerBatch):
     """s solves ∇²ᵧᵧg(B) s = ∇ᵧf by conjugate gradients on one lower batch (Pedregosa 2016, HOAG).
 
@@ -227,22 +266,7 @@ class ConjugateGradient(OneLowerBatch):
 
     def estimate(self, problem, x, y, state, sample=None, graph=None) -> Hypergrad:
         fg, graph, sample = self._start(problem, x, y, sample, graph)
-        b = fg.y
-        s = tree.zeros_like(b)
-        r = dict(b)
-        p = dict(b)
-        rr = tree.sq_norm(r)
-        stop = (self.tol**2) * rr
-        for _ in range(self.iters):
-            if bool(rr <= stop):
-                break
-            hp = graph.hvp(p)
-            alpha = rr / tree.dot(p, hp)
-            s = tree.add(s, tree.scale(p, alpha))
-            r = tree.add(r, tree.scale(hp, -alpha))
-            rr_new = tree.sq_norm(r)
-            p = tree.add(r, tree.scale(p, rr_new / rr))
-            rr = rr_new
+        s = conjugate_gradient(graph.hvp, fg.y, self.iters, self.tol).solution
         if self.cross_batch == "same":
             cross = graph.cross(s)
         else:

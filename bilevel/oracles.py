@@ -137,6 +137,7 @@ class LowerGraph:
         with second_order(self._device):
             loss = oracles.task.lower_loss(self._x, self._y, batch)
             self._gy = _grad(loss, self._y, create_graph=True)
+        self.loss = loss.detach()  # g(x, y; B), free with the gradient (line searches)
         self._grad_counted = False
 
     @property

@@ -124,6 +124,54 @@ def power_law_fit(
     return PowerLaw(float(slope), float(log_c), r2, float(xs[0]), float(xs[-1]), len(lx))
 
 
+@dataclass(frozen=True)
+class AffineFit:
+    """y ≈ l0 + l1·x (the (L0, L1)-smoothness bound L(x) ≤ L0 + L1‖∇Φ(x)‖ when y is a local
+    smoothness and x a gradient norm) fitted by least squares with l0, l1 ≥ 0 to ``n`` points
+    with x in [x_lo, x_hi]. ``residual``: the root-mean-square of y − (l0 + l1·x), in y's
+    units; ``const_residual``: the same for the best constant (the standard deviation of y);
+    ``r2`` = 1 − (residual / const_residual)², what the x-dependence explains (NaN where y is
+    constant)."""
+
+    l0: float
+    l1: float
+    residual: float
+    const_residual: float
+    r2: float
+    x_lo: float
+    x_hi: float
+    n: int
+
+    def __call__(self, x: Any) -> Any:
+        return self.l0 + self.l1 * np.asarray(x, dtype=float)
+
+
+def affine_fit(x: Sequence[float], y: Sequence[float]) -> AffineFit:
+    """Least-squares y ≈ l0 + l1·x over the finite pairs, constrained to l0, l1 ≥ 0 (a local
+    smoothness bound has no negative part): the unconstrained line when both are ≥ 0, else the
+    better of the line through the origin (l0 = 0) and the constant (l1 = 0), the two faces of
+    the constraint (for two parameters the constrained optimum lies on one of them). NaN with
+    fewer than two distinct x."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[keep], ys[keep]
+    if len(np.unique(xs)) < 2:
+        nan = math.nan
+        return AffineFit(nan, nan, nan, nan, nan, nan, nan, len(xs))
+
+    def rms(l0: float, l1: float) -> float:
+        return float(np.sqrt(np.mean((ys - l0 - l1 * xs) ** 2)))
+
+    l1, l0 = np.polyfit(xs, ys, 1)
+    if l0 < 0 or l1 < 0:
+        faces = [(0.0, max(float(xs @ ys / (xs @ xs)), 0.0)), (max(float(ys.mean()), 0.0), 0.0)]
+        l0, l1 = min(faces, key=lambda f: rms(*f))
+    residual, const = rms(float(l0), float(l1)), float(ys.std())
+    r2 = 1.0 - (residual / const) ** 2 if const > 0 else math.nan
+    return AffineFit(float(l0), float(l1), residual, const, r2, float(xs.min()), float(xs.max()),
+                     len(xs))  # fmt: skip
+
+
 def smooth_runs(
     df: pd.DataFrame, x: str, y: str, window: int, by: Sequence[str] = ("panel", "curve", "seed")
 ) -> pd.DataFrame:
@@ -195,7 +243,12 @@ def plot_panels(
     - ``fit``: a power law fitted to each curve's median (:func:`power_law_fit`), drawn dashed over
       its fitted range, with its slope and R² listed in the panel's corner: ``true`` for every
       (x, y), or ``{"fits": {y: x}, "range": [lo, hi], "points": n}`` for the listed pairs (what
-      ``bilevel-figure`` passes for ``fit: true``: the summary's ``slope`` settings).
+      ``bilevel-figure`` passes for ``fit: true``: the summary's ``slope`` settings, and
+      ``"affine": {y: x}``, the summary's ``affine`` fits).
+    - ``kind``: ``line`` (the default: median and band over seeds) or ``scatter``: every row
+      is a point (x, y), one colour per curve, all seeds together; a fit listed in
+      ``fit["affine"]`` for that (y, x) is drawn dashed over the x range of the curve's points,
+      with L0, L1 and R² in the corner (:func:`affine_fit` of the pooled points, as the summary).
 
     Rows whose y is NaN (steps without an evaluation) are dropped per metric. When the table has a
     ``step`` column and x is another column, the seeds are matched by step and each point sits at
@@ -217,6 +270,9 @@ def plot_panels(
     band = tuple(spec.get("band") or DEFAULT_BAND)
     window = int(spec.get("smooth") or 0)
     fit = spec.get("fit") or {}
+    scatter = spec.get("kind", "line") == "scatter"
+    if spec.get("kind", "line") not in ("line", "scatter"):
+        raise ValueError(f"plot.kind={spec['kind']!r}: not one of line, scatter")
     by = ["panel", "curve"]
 
     fig, axes = plt.subplots(
@@ -235,24 +291,21 @@ def plot_panels(
     for r, y in enumerate(ys):
         data = df[df[y].notna()]
         stats_of = {}
-        for x in xs:
+        for x in xs if not scatter else []:
             align = "step" if "step" in df.columns and x != "step" else None
             smoothed = smooth_runs(data, align or x, y, window) if window > 1 else data
             stats_of[x] = seed_bands(smoothed, x, y, by, band, align=align)
         for c, (x, panel) in enumerate(columns):
             ax = axes[r][c]
-            stats = stats_of[x]
-            for curve in curve_order:
-                s = stats[(stats.panel == panel) & (stats.curve == curve)]
-                if s.empty:
-                    continue
-                color = color_of[curve]
-                ax.plot(s[x], s["median"], color=color, lw=1.4, label=_text(curve))
-                if (s["n_seeds"] > 1).any():
-                    ax.fill_between(s[x], s["lo"], s["hi"], color=color, alpha=0.18, lw=0)
-                drawn.add(curve)
-            if fit is True or fit.get("fits", {}).get(y) == x:
-                _draw_fits(ax, stats[stats.panel == panel], x, curve_order, color_of, fit)
+            if scatter:
+                points = data[(data.panel == panel) & data[x].notna()]
+                affine = fit is not True and fit.get("affine", {}).get(y) == x
+                drawn |= _draw_scatter(ax, points, x, y, curve_order, color_of, affine)
+            else:
+                drawn |= _draw_lines(ax, stats_of[x], panel, x, curve_order, color_of)
+                if fit is True or fit.get("fits", {}).get(y) == x:
+                    stats = stats_of[x]
+                    _draw_fits(ax, stats[stats.panel == panel], x, curve_order, color_of, fit)
             if r == 0:
                 ax.set_title(_text(panel), fontsize=10)
             if r == n_rows - 1:
@@ -288,6 +341,28 @@ def plot_panels(
     return fig
 
 
+def _draw_lines(
+    ax: plt.Axes,
+    stats: pd.DataFrame,
+    panel: str,
+    x: str,
+    curve_order: Sequence[str],
+    color_of: dict[str, str],
+) -> set[str]:
+    """Each curve's median over seeds, with its band where it has more than one seed."""
+    drawn = set()
+    for curve in curve_order:
+        s = stats[(stats.panel == panel) & (stats.curve == curve)]
+        if s.empty:
+            continue
+        color = color_of[curve]
+        ax.plot(s[x], s["median"], color=color, lw=1.4, label=_text(curve))
+        if (s["n_seeds"] > 1).any():
+            ax.fill_between(s[x], s["lo"], s["hi"], color=color, alpha=0.18, lw=0)
+        drawn.add(curve)
+    return drawn
+
+
 def _draw_fits(
     ax: plt.Axes,
     stats: pd.DataFrame,
@@ -314,6 +389,38 @@ def _draw_fits(
     for i, (text, curve) in enumerate(reversed(lines)):
         ax.text(0.03, 0.04 + 0.075 * i, text, transform=ax.transAxes, fontsize=7,
                 color=color_of[curve])  # fmt: skip
+
+
+def _draw_scatter(
+    ax: plt.Axes,
+    points: pd.DataFrame,
+    x: str,
+    y: str,
+    curve_order: Sequence[str],
+    color_of: dict[str, str],
+    affine: bool,
+) -> set[str]:
+    """Each curve's rows as points; with ``affine``, its :func:`affine_fit` dashed over its x
+    range and "curve: L0 = a, L1 = b (R² r)" in the upper left corner. Returns the curves drawn."""
+    drawn, lines = set(), []
+    for curve in curve_order:
+        pts = points[points.curve == curve]
+        if pts.empty:
+            continue
+        color = color_of[curve]
+        ax.scatter(pts[x], pts[y], s=12, color=color, alpha=0.6, lw=0)
+        drawn.add(curve)
+        line = affine_fit(pts[x], pts[y]) if affine else None
+        if line is None or math.isnan(line.l1):
+            continue
+        grid = np.linspace(line.x_lo, line.x_hi, 50)
+        ax.plot(grid, line(grid), color=color, lw=1.0, ls="--")
+        text = f"{_text(curve)}: $L_0$ {line.l0:.3g}, $L_1$ {line.l1:.3g} ($R^2$ {line.r2:.2f})"
+        lines.append((text, curve))
+    for i, (text, curve) in enumerate(lines):
+        ax.text(0.03, 0.96 - 0.075 * i, text, transform=ax.transAxes, fontsize=7, va="top",
+                color=color_of[curve])  # fmt: skip
+    return drawn
 
 
 def save_figure(fig: plt.Figure, path_png: Path) -> list[Path]:

@@ -5,7 +5,7 @@ Run directory contract: ``config.yaml`` (written by the caller), ``metrics.csv``
 evaluation), ``run.json`` (status completed | diverged | failed | interrupted, seed, git
 revision, torch version, device, train seconds, config fingerprint), ``checkpoint.pt`` (latest
 state, with the config and its fingerprint: a checkpoint is only continued by the same config,
-see bilevel.app.rundir).
+see bilevel.app.rundir), and ``<probe>.csv`` per probe (one row per measurement).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -76,6 +76,22 @@ def git_revision() -> str | None:
         return None
 
 
+class Probe(Protocol):
+    """A measurement of the iterates that is not part of the algorithm (``probe=...``; e.g.
+    :class:`bilevel.diagnostics.smoothness.SmoothnessProbe`). The trainer calls ``measure`` at
+    step 0 and every ``every`` steps with x_t and the algorithm's lower point, outside the clock,
+    with the global RNG streams restored afterwards; a probe builds its own oracle layer and
+    batches (it never sees the run's :class:`Problem`), so no call of it reaches the run's oracle
+    counts or its generator. Rows go to ``<name>.csv``; ``state_dict`` is checkpointed."""
+
+    name: str
+    every: int
+
+    def measure(self, task: Any, x: Any, y: Any, step: int) -> dict[str, Any]: ...
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any) -> None: ...
+
+
 @dataclass
 class RunResult:
     status: str
@@ -93,7 +109,8 @@ class Trainer:
     algorithm's initialization (its warm start costs oracle calls).
     A checkpoint is written every ``checkpoint_every`` steps and when a stop is requested
     (SIGINT/SIGTERM or :meth:`request_stop`); ``resume=True`` continues from it.
-    ``callbacks`` are called as ``cb(trainer, state)`` after every step.
+    ``callbacks`` are called as ``cb(trainer, state)`` after every step; ``probes``
+    (:class:`Probe`) measure at step 0 and every ``probe.every`` steps, outside the clock.
     The algorithm sees the run's length as ``problem.horizon`` = ``max_steps`` (horizon-dependent
     step sizes, TTSA).
     """
@@ -116,6 +133,7 @@ class Trainer:
         warmup: bool = True,
         diverge_above: float | None = None,
         log_every: int | None = None,
+        probes: list[Probe] | None = None,
     ):
         self.task, self.algorithm = task, algorithm
         self.run_dir = Path(run_dir)
@@ -131,6 +149,9 @@ class Trainer:
         self.warmup = warmup
         self.diverge_above = diverge_above
         self._steps = StepNorms(log_every)
+        self.probes = list(probes or [])
+        self._probe_logs = {p.name: CSVLogger(f"{p.name}.csv") for p in self.probes}
+        self._probe_rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.probes}
         self._stop_requested = False
 
     # -- public --------------------------------------------------------------------------
@@ -170,18 +191,26 @@ class Trainer:
                 counter.load_state_dict(ckpt["counter"])
                 wall, rows = ckpt["wall_s"], ckpt["rows"]
                 self._steps.rows = ckpt.get("step_rows", [])
+                for p in self.probes:
+                    saved = ckpt.get("probes", {}).get(p.name, {"rows": [], "state": None})
+                    self._probe_rows[p.name] = saved["rows"]
+                    p.load_state_dict(saved["state"])
                 _restore_global_rng(ckpt["rng"])
             for lg in self.loggers:
                 lg.start(self.run_dir, self.config, rows)
                 started.append(lg)
             self._steps.start(self.run_dir)
+            for name, log in self._probe_logs.items():
+                log.start(self.run_dir, {}, self._probe_rows[name])
             bar = _progress_bar(self.max_steps, state.t, self.progress)
             if not rows:
                 status = self._evaluate(state, counter, wall, rows) or status
+                self._probe(state)
             while state.t < self.max_steps and status == "completed":
                 t0 = self._clock()
                 state = self.algorithm.step(problem, state)
-                wall += self._clock(sync=state.t % self.eval_every == 0) - t0
+                boundary = state.t % self.eval_every == 0 or self._probe_due(state.t)
+                wall += self._clock(sync=boundary) - t0
                 bar.update(1)
                 for cb in self.callbacks:
                     cb(self, state)
@@ -190,6 +219,8 @@ class Trainer:
                     self._steps.flush()
                     status = self._evaluate(state, counter, wall, rows) or status
                     bar.set_postfix(_short(rows[-1]), refresh=False)
+                if status == "completed":
+                    self._probe(state)
                 if self.checkpoint_every and state.t % self.checkpoint_every == 0:
                     self._save_checkpoint(state, problem, counter, wall, rows)
                 if self._stop_requested and status == "completed":
@@ -271,6 +302,24 @@ class Trainer:
             return "diverged"
         return None
 
+    def _probe_due(self, step: int) -> bool:
+        return any(step % p.every == 0 for p in self.probes)
+
+    def _probe(self, state: State) -> None:
+        """Each due probe's row (module docstring of :class:`Probe`): after the clock stopped
+        (the step's device work is synchronized on probe steps), the global RNG restored."""
+        due = [p for p in self.probes if state.t % p.every == 0]
+        if not due or not params_finite(state):
+            return
+        saved = _global_rng()
+        y_point = self.algorithm.lower_point(state)
+        for p in due:
+            row = {"step": state.t, "epoch": state.t / self.task.steps_per_epoch}
+            row.update(p.measure(self.task, state.x, y_point, state.t))
+            self._probe_rows[p.name].append(row)
+            self._probe_logs[p.name].log(row)
+        _restore_global_rng(saved)
+
     def _blew_up(self, row: dict[str, Any]) -> bool:
         """The blow-up guard (``trainer.diverge_above``): a finite but runaway loss or
         hypergradient (e.g. 3e27) marks the run diverged, as a non-finite one does."""
@@ -284,6 +333,10 @@ class Trainer:
         self._steps.flush()
         payload = {
             "step_rows": self._steps.rows,
+            "probes": {
+                p.name: {"rows": self._probe_rows[p.name], "state": p.state_dict()}
+                for p in self.probes
+            },
             "state": state_dict(state),
             "generator": problem.generator.get_state(),
             "counter": counter.state_dict(),

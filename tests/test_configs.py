@@ -135,7 +135,7 @@ def test_unibio_fig1_sets_its_deltas(compose_cfg):
 
 @pytest.mark.parametrize(
     "group,option",
-    [(g, o) for g in ("logger", "scale") for o in options(g)],
+    [(g, o) for g in ("logger", "scale", "probe") for o in options(g)],
 )
 def test_other_groups_compose(compose_cfg, group, option):
     cfg = compose_cfg(f"{group}={option}")

@@ -224,8 +224,9 @@ def check_config(cfg: DictConfig) -> None:
     for section in ("algorithm", "task"):
         if section in cfg:
             check_node(cfg[section], section)
-    if "logger" in cfg:
-        check_node(cfg.logger, "logger")
+    for section in ("logger", "probe"):
+        if cfg.get(section) is not None:
+            check_node(cfg[section], section)
 
 
 def _one_line(err: BaseException) -> str:

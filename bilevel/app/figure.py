@@ -33,6 +33,14 @@ log-spaced x values), ``summary.slope_also_from: [lo, ...]`` the same fit from e
 ``plot.fit: true`` draws the main fit dashed with its slope. A panel's
 ``per_curve: {curve label: [overrides]}`` applies after the curve's own overrides (a step size per
 curve on one panel, a common one on another).
+
+Affine bounds (``diagnostics/smoothness``): ``summary.affine: {metric: column}`` adds the
+least-squares line metric ≈ L0 + L1·column with L0, L1 ≥ 0 over all the rows of a panel and
+curve, every seed together (:func:`bilevel.plots.affine_fit`): ``<metric>_L0``, ``<metric>_L1``,
+``<metric>_residual`` (RMS, the metric's units), ``<metric>_const_residual`` (the same for the
+best constant L), ``<metric>_r2``, ``<metric>_points``, and ``<metric>_L1_seed_min`` /
+``..._max`` (the fit of each seed alone: is L1's sign a property of every run?);
+``plot: {kind: scatter, fit: true}`` draws the points and the fit.
 """
 
 from __future__ import annotations
@@ -262,6 +270,24 @@ def slope_settings(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def affine_columns(g, y: str, x: str) -> dict[str, float]:
+    """``summary.affine``'s columns for one panel and curve (module docstring)."""
+    from bilevel.plots import affine_fit
+
+    pooled = affine_fit(g[x], g[y])
+    per_seed = [affine_fit(s[x], s[y]).l1 for _, s in g.groupby("seed")]
+    return {
+        f"{y}_L0": pooled.l0,
+        f"{y}_L1": pooled.l1,
+        f"{y}_residual": pooled.residual,
+        f"{y}_const_residual": pooled.const_residual,
+        f"{y}_r2": pooled.r2,
+        f"{y}_points": pooled.n,
+        f"{y}_L1_seed_min": min(per_seed),
+        f"{y}_L1_seed_max": max(per_seed),
+    }
+
+
 def summarize(table, entry: dict[str, Any]):
     """Per panel and curve: seeds, for each summarized metric its final value and its mean over
     the last k evaluations (median over seeds), train seconds and oracle calls (median over
@@ -269,7 +295,9 @@ def summarize(table, entry: dict[str, Any]):
     ({metric: x column}) the metric's factor per unit of x over the last k rows (:func:`_rate`,
     median over seeds); with ``summary.slope`` ({metric: x column}) the slope and R² of the
     power law fitted on log–log axes (:func:`_slope`, median over seeds), over
-    ``summary.slope_range`` and from each ``summary.slope_also_from`` value on."""
+    ``summary.slope_range`` and from each ``summary.slope_also_from`` value on; with
+    ``summary.affine`` ({metric: x column}) the fit metric ≈ L0 + L1·x over all seeds' rows
+    (:func:`affine_columns`)."""
     import pandas as pd
 
     k = entry.get("summary", {}).get("last_k", 1)
@@ -301,6 +329,8 @@ def summarize(table, entry: dict[str, Any]):
                 fits = runs.apply(_slope, x, y, window, slopes["points"]).median()
                 row[f"{y}_slope{suffix}"] = fits["slope"]
                 row[f"{y}_slope{suffix}_r2"] = fits["r2"]
+        for y, x in entry.get("summary", {}).get("affine", {}).items():
+            row.update(affine_columns(g, y, x))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -379,7 +409,7 @@ def make_figure(
         plot = entry["plot"]
         keep = ["panel", "curve", "seed", "step", "epoch", "wall_s", "oracle_calls", "samples"]
         keep += ["status", "peak_memory_mb", *_as_list(plot["x"]), *summary_metrics(entry)]
-        fits = slope_settings(entry)["fits"]
+        fits = {**slope_settings(entry)["fits"], **entry.get("summary", {}).get("affine", {})}
         keep += [*fits.values(), *fits]
         table = table[list(dict.fromkeys(c for c in keep if c in table.columns))]
         paths["table"].parent.mkdir(parents=True, exist_ok=True)
@@ -390,8 +420,11 @@ def make_figure(
     claims = evaluate_claims(entry.get("claims", []), summary, f"{name}: claims")
     claims.to_csv(paths["claims"], index=False)
     plot = dict(entry["plot"])
-    if plot.get("fit") is True:  # the summary's power laws, drawn
-        plot["fit"] = slope_settings(entry)
+    if plot.get("fit") is True:  # the summary's power laws and affine bounds, drawn
+        plot["fit"] = {
+            **slope_settings(entry),
+            "affine": entry.get("summary", {}).get("affine", {}),
+        }
     fig = plot_panels(
         table,
         plot,

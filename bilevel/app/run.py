@@ -80,6 +80,7 @@ def build_and_run(
             progress=tr.progress if progress is None else progress,
             diverge_above=tr.get("diverge_above"),
             log_every=tr.get("log_every"),
+            probes=[instantiate(cfg.probe)] if cfg.get("probe") else [],
         )
     except Exception as err:
         if plan.action == "new":  # a fresh directory records why nothing ran

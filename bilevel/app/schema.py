@@ -64,6 +64,7 @@ class RunConfig:
     dataset: Any = None
     model: Any = None
     logger: Any = None
+    probe: Any = None  # a trainer probe (configs/probe/), e.g. the smoothness diagnostic
 
 
 def by_scale(values: Any, *, _root_: Any) -> Any:

@@ -295,3 +295,4 @@ def test_a_study_sweeps_one_value_key_and_summary_rate_is_the_factor_per_unit():
     summary = summarize(table, {"plot": {"x": "budget", "y": "err"}, "summary": rate})
     assert summary.err_rate_last3.iloc[0] == pytest.approx(0.8)
     assert summary.err_final.iloc[0] == pytest.approx(1.5 * 0.8**16)  # median over the seeds
+    assert summary.err_first.iloc[0] == pytest.approx(1.5 * 0.8)  # the first evaluation's

@@ -289,8 +289,8 @@ def affine_columns(g, y: str, x: str) -> dict[str, float]:
 
 
 def summarize(table, entry: dict[str, Any]):
-    """Per panel and curve: seeds, for each summarized metric its final value and its mean over
-    the last k evaluations (median over seeds), train seconds and oracle calls (median over
+    """Per panel and curve: seeds, for each summarized metric its first and final values and its
+    mean over the last k evaluations (median over seeds), train seconds and oracle calls (median over
     seeds), peak memory (run.json, median over seeds), diverged seeds; with ``summary.rate``
     ({metric: x column}) the metric's factor per unit of x over the last k rows (:func:`_rate`,
     median over seeds); with ``summary.slope`` ({metric: x column}) the slope and R² of the
@@ -309,6 +309,7 @@ def summarize(table, entry: dict[str, Any]):
         row: dict[str, Any] = {"panel": panel, "curve": curve, "seeds": g.seed.nunique()}
         for y in metrics:
             evals = g.dropna(subset=[y]).sort_values("step").groupby("seed")[y]
+            row[f"{y}_first"] = evals.first().median()
             row[f"{y}_final"] = evals.last().median()
             row[f"{y}_mean_last{k}"] = evals.apply(lambda s: s.tail(k).mean()).median()
         last = g.sort_values("step").groupby("seed").tail(1)

@@ -290,8 +290,8 @@ def affine_columns(g, y: str, x: str) -> dict[str, float]:
 
 def summarize(table, entry: dict[str, Any]):
     """Per panel and curve: seeds, for each summarized metric its first and final values and its
-    mean over the last k evaluations (median over seeds), train seconds and oracle calls (median over
-    seeds), peak memory (run.json, median over seeds), diverged seeds; with ``summary.rate``
+    mean over the last k evaluations (median over seeds), train seconds and oracle calls (median
+    over seeds), peak memory (run.json, median over seeds), diverged seeds; with ``summary.rate``
     ({metric: x column}) the metric's factor per unit of x over the last k rows (:func:`_rate`,
     median over seeds); with ``summary.slope`` ({metric: x column}) the slope and R² of the
     power law fitted on log–log axes (:func:`_slope`, median over seeds), over

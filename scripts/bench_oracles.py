@@ -5,8 +5,8 @@ x = per-sample weights of the lower loss, as in hyper-cleaning) it times, relati
 gradient ∇ᵧg:
   * one HVP, one cross product, and ``hvp_cross`` (both from one reverse pass) against an HVP
     plus a cross product computed separately (each with its own forward pass);
-  * an HVP with the fused (mkldnn) CPU kernels left on, against the oracle layer's, which turns
-    them off for the second-order call only;
+  * an HVP written out directly (one graph, used once) with the fused (mkldnn) CPU kernels on and
+    off, against the oracle layer's (kernels off for the second-order call only);
   * a Q-term Neumann series on one ``LowerGraph`` (one forward) against Q separate HVP calls
     (one forward each), the straightforward implementation.
 
@@ -30,7 +30,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bilevel import tree
-from bilevel.oracles import Batch, Oracles
+from bilevel.oracles import Batch, Oracles, second_order
 
 
 class WeightedTask:
@@ -75,12 +75,17 @@ class TransformerClassifier(nn.Module):
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each function over ``repeats`` rounds; each round calls every function
     once, in turn, so a change of machine load hits all of them alike (a ratio measured this
-    way does not flip between reruns as block-after-block timing did). One warm-up round."""
+    way does not flip between reruns as block-after-block timing did). The order rotates by one
+    every round: the call right after another one runs measurably slower (the allocator's state:
+    an HVP right after ∇ᵧg measured 3.6-3.9 gradients, the same HVP later in the round 3.0-3.3),
+    and a fixed order had charged that to one variant. One warm-up round."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
     for round_ in range(repeats + 1):
-        for key, fn in fns.items():
+        shift = round_ % len(keys)
+        for key in keys[shift:] + keys[:shift]:
             start = time.perf_counter()
-            fn()
+            fns[key]()
             if round_:
                 samples[key].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in samples.items()}
@@ -109,18 +114,23 @@ def bench(name: str, model: nn.Module, n: int, seq: int, d: int, q: int, repeats
     def grad():  # as the lower-level steps call it: fused kernels allowed
         oracles.grad_y_g(x, y, batch)
 
-    def hvp_fused():  # an HVP with the fused (mkldnn) CPU RNN kernel left on
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            yl = tree.leaves(y)
-            g = torch.autograd.grad(
-                task.lower_loss(x, yl, batch), list(yl.values()), create_graph=True
-            )
-            torch.autograd.grad(g, list(yl.values()), [v[k] for k in yl])
+    def hvp_with(keep_fused_cpu: bool) -> Callable[[], object]:
+        def run():  # one HVP with the fused (mkldnn) CPU kernels on or off
+            kernels = sdpa_kernel(SDPBackend.MATH) if keep_fused_cpu else second_order()
+            with kernels, torch.enable_grad():
+                yl = tree.leaves(y)
+                g = torch.autograd.grad(
+                    task.lower_loss(x, yl, batch), list(yl.values()), create_graph=True
+                )
+                torch.autograd.grad(g, list(yl.values()), [v[k] for k in yl])
+
+        return run
 
     fns: dict[str, Callable[[], object]] = {
         "grad_y_g": grad,
         "hvp": lambda: oracles.hvp(x, y, v, batch),
-        "hvp, fused CPU kernels kept": hvp_fused,
+        "hvp, fused CPU kernels on": hvp_with(True),
+        "hvp, fused CPU kernels off": hvp_with(False),
         "cross": lambda: oracles.cross(x, y, v, batch),
         "hvp_cross (one pass)": lambda: oracles.hvp_cross(x, y, v, batch),
         "hvp + cross (separate)": lambda: (

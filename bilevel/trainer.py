@@ -153,6 +153,7 @@ class Trainer:
         self._probe_logs = {p.name: CSVLogger(f"{p.name}.csv") for p in self.probes}
         self._probe_rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.probes}
         self._stop_requested = False
+        self._seconds = {"warmup": 0.0, "eval": 0.0}  # this process, outside the training clock
 
     # -- public --------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -161,6 +162,7 @@ class Trainer:
 
     def fit(self) -> RunResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._seconds = {"warmup": 0.0, "eval": 0.0}
         seed_everything(self.seed)
         self.task.to(self.device)
         counter = OracleCounter()
@@ -184,7 +186,9 @@ class Trainer:
             state = self.algorithm.init(problem, x, y)
             wall += self._clock() - t0
             if self.warmup:
+                t0 = self._clock()
                 self._warmup(state)
+                self._seconds["warmup"] += self._clock() - t0
             if ckpt is not None:
                 state = load_state_dict(state, ckpt["state"])
                 problem.generator.set_state(ckpt["generator"])
@@ -204,8 +208,10 @@ class Trainer:
                 log.start(self.run_dir, {}, self._probe_rows[name])
             bar = _progress_bar(self.max_steps, state.t, self.progress)
             if not rows:
+                t0 = self._clock()
                 status = self._evaluate(state, counter, wall, rows) or status
                 self._probe(state)
+                self._seconds["eval"] += self._clock() - t0
             while state.t < self.max_steps and status == "completed":
                 t0 = self._clock()
                 state = self.algorithm.step(problem, state)
@@ -215,12 +221,14 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(self, state)
                 self._steps.record(state)
+                t0 = self._clock(sync=False)
                 if state.t % self.eval_every == 0 or state.t == self.max_steps:
                     self._steps.flush()
                     status = self._evaluate(state, counter, wall, rows) or status
                     bar.set_postfix(_short(rows[-1]), refresh=False)
                 if status == "completed":
                     self._probe(state)
+                self._seconds["eval"] += self._clock(sync=False) - t0
                 if self.checkpoint_every and state.t % self.checkpoint_every == 0:
                     self._save_checkpoint(state, problem, counter, wall, rows)
                 if self._stop_requested and status == "completed":
@@ -378,6 +386,8 @@ class Trainer:
             "torch_version": torch.__version__,
             "device": str(self.device),
             "train_seconds": wall,
+            "eval_seconds": self._seconds["eval"],  # evaluations, probes, step logs
+            "warmup_seconds": self._seconds["warmup"],
             "steps": steps,
             "max_steps": self.max_steps,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

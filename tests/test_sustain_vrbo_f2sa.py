@@ -368,6 +368,29 @@ def test_f2sa_lambda_schedules():
     assert seen == pytest.approx([0.5] * 3 + [0.6] * 4 + [0.7] * 2)
 
 
+def test_f2sa_step_decay_scales_x_and_y_together_and_z_on_its_own():
+    """upper_decay: the x step ξα_t (optimizer lr) and the y step α_t share one sequence;
+    lower_decay: the z step γ_t. Two runs from the same state and batches agree on step 1 (t = 0,
+    scale 1); on step 2 the decaying run moves y and z by exactly s(1) times as far."""
+    task, a, c = quadratic(**ADDITIVE), 0.5, 1.0
+    steady = f2sa(lam_schedule="iteration")
+    decaying = f2sa(lam_schedule="iteration", upper_decay=a, lower_decay=c, decay_time=2.0)
+    runs = []
+    for alg in (steady, decaying):
+        problem, state = setup(alg, task)
+        alg.step(problem, state)
+        before = tree.clone(state.y), tree.clone(state.extra["z"])
+        alg.step(problem, state)
+        moved = tree.sub(state.y, before[0]), tree.sub(state.extra["z"], before[1])
+        runs.append((state, moved))
+    (s_state, (s_dy, s_dz)), (d_state, (d_dy, d_dz)) = runs
+    upper_scale, lower_scale = (1 + 1 / 2.0) ** -a, (1 + 1 / 2.0) ** -c
+    torch.testing.assert_close(d_dy, tree.scale(s_dy, upper_scale))
+    torch.testing.assert_close(d_dz, tree.scale(s_dz, lower_scale))
+    assert d_state.upper.param_groups[0]["lr"] == pytest.approx(0.01 * upper_scale)
+    assert s_state.upper.param_groups[0]["lr"] == 0.01
+
+
 # -- reported hypergradient, determinism, checkpoints ------------------------------------------
 ALGORITHMS = {
     "sustain": lambda: sustain(neumann("randomized", q=4, **INDEPENDENT), schedule="iteration"),

@@ -190,6 +190,10 @@ def test_evaluation_is_excluded_from_the_clock(tmp_path):
     assert wall.iloc[-1] < evaluation / 2, wall.tolist()  # ...but off the clock
     assert info["train_seconds"] == wall.iloc[-1] == result.train_seconds
     assert math.isfinite(info["train_seconds"]) and info["train_seconds"] > 0
+    # the time off the training clock is accounted for: run.json's eval_seconds holds the
+    # evaluations' pauses, and warm-up is its own entry
+    assert evaluation <= info["eval_seconds"] < elapsed
+    assert 0 < info["warmup_seconds"] < elapsed
 
 
 def test_build_and_run_writes_the_run_directory(tiny_cfg, run_cfg, tmp_path):

@@ -70,18 +70,10 @@ class Algorithm:
         return state.y
 
 
-class LowerEstimateUpper(Algorithm):
-    """The common shape of double-loop and periodic methods (StocBiO, BO-REP, UniBiO):
-
-        y ← lower update at x_t (all steps, or periodic);
-        h_t ← hypergradient estimate at (x_t, y);
-        x_{t+1} ← upper rule(h_t).
-
-    ``lower``, ``estimator`` and ``upper`` are the parts; subclasses only name the paper.
-
-    Step-size schedule (:meth:`schedule`, one code path for every algorithm of this shape):
-    ``upper_decay`` / ``lower_decay`` = a scale the upper step (the optimizer's lr) and the lower
-    SGD step by a factor s_a; a = 0 keeps a step constant. T₀ = ``decay_time``.
+class DecayingSteps:
+    """Step-size schedule shared by every algorithm with ``upper_decay`` / ``lower_decay`` (one
+    code path): a = ``upper_decay`` / ``lower_decay`` scales the upper step (the optimizer's lr)
+    and the lower SGD step by a factor s_a; a = 0 keeps a step constant. T₀ = ``decay_time``.
 
     * ``decay_clock='iteration'``: s_a(t) = (1 + t/T₀)^{−a}, a decay per iteration with time
       constant T₀ (T₀ = 1: lr₀/(t+1)^a);
@@ -89,31 +81,26 @@ class LowerEstimateUpper(Algorithm):
       T (``problem.horizon``, the trainer's ``max_steps``): the tuned rates lr₀ are the steps of
       a run of at most T₀ iterations, and a longer run uses smaller constant steps in T^{−a}
       (TTSA's theorem for a non-convex upper level: α ∝ T^{−3/5}, β ∝ T^{−2/5}).
+
+    Subclasses call :meth:`init_decay` in ``__init__``, store ``state.extra['upper_lr0']`` in
+    ``init`` and :meth:`schedule` at the start of each step.
     """
 
-    def __init__(
-        self,
-        lower: LowerStrategy,
-        estimator: Estimator,
-        upper: UpperFactory,
-        upper_decay: float = 0.0,
-        lower_decay: float = 0.0,
-        decay_clock: DecayClock = "iteration",
-        decay_time: float = 1.0,
-    ):
+    upper_decay: float = 0.0
+    lower_decay: float = 0.0
+    decay_clock: DecayClock = "iteration"
+    decay_time: float = 1.0
+
+    def init_decay(
+        self, upper_decay: float, lower_decay: float, decay_clock: DecayClock, decay_time: float
+    ) -> None:
+        """Check and keep the schedule's settings."""
         if decay_clock not in ("iteration", "horizon"):
             raise ValueError(f"unknown decay_clock {decay_clock!r}; choose iteration or horizon")
         if decay_time <= 0:
             raise ValueError(f"decay_time must be > 0, got {decay_time}")
-        self.lower, self.estimator, self.upper = lower, estimator, upper
         self.upper_decay, self.lower_decay = upper_decay, lower_decay
         self.decay_clock, self.decay_time = decay_clock, decay_time
-
-    def init(self, problem: Problem, x: Params, y: Params) -> State:
-        state = self.new_state(x, y)
-        self.lower.warm_start(problem, x, y, state.lower)
-        state.extra["upper_lr0"] = [g["lr"] for g in state.upper.param_groups]
-        return state
 
     def step_scale(self, decay: float, t: int, horizon: int | None) -> float:
         """lr_t / lr₀ of a step with exponent ``decay`` at iteration t of a run of ``horizon``
@@ -138,6 +125,38 @@ class LowerEstimateUpper(Algorithm):
                 group["lr"] = lr0 * scale
         if self.lower_decay:
             state.lower["lr_scale"] = self.step_scale(self.lower_decay, state.t, problem.horizon)
+
+
+class LowerEstimateUpper(DecayingSteps, Algorithm):
+    """The common shape of double-loop and periodic methods (StocBiO, BO-REP, UniBiO):
+
+        y ← lower update at x_t (all steps, or periodic);
+        h_t ← hypergradient estimate at (x_t, y);
+        x_{t+1} ← upper rule(h_t).
+
+    ``lower``, ``estimator`` and ``upper`` are the parts; subclasses only name the paper. Step
+    sizes follow :class:`DecayingSteps` (``upper_decay``, ``lower_decay``, ``decay_clock``,
+    ``decay_time``).
+    """
+
+    def __init__(
+        self,
+        lower: LowerStrategy,
+        estimator: Estimator,
+        upper: UpperFactory,
+        upper_decay: float = 0.0,
+        lower_decay: float = 0.0,
+        decay_clock: DecayClock = "iteration",
+        decay_time: float = 1.0,
+    ):
+        self.init_decay(upper_decay, lower_decay, decay_clock, decay_time)
+        self.lower, self.estimator, self.upper = lower, estimator, upper
+
+    def init(self, problem: Problem, x: Params, y: Params) -> State:
+        state = self.new_state(x, y)
+        self.lower.warm_start(problem, x, y, state.lower)
+        state.extra["upper_lr0"] = [g["lr"] for g in state.upper.param_groups]
+        return state
 
     def step(self, problem: Problem, state: State) -> State:
         from bilevel.upper import apply

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bilevel import tree
+from bilevel.models.recurrence import double_backward
 from bilevel.tree import Params
 
 ORACLE_KINDS = ("grad_f", "grad_g", "hvp", "cross")
@@ -92,7 +93,8 @@ class OracleCounter:
 
 @contextlib.contextmanager
 def second_order(device: torch.device | str | None = None) -> Iterator[None]:
-    """Context for a double backward: math SDPA everywhere; cuDNN off on CUDA, for this call only.
+    """Context for a double backward: math SDPA everywhere; cuDNN off on CUDA, for this call only;
+    one-layer RNN encoders run their O(T) cell-by-cell path (bilevel.models.recurrence).
 
     The forward pass must run inside it too: kernels are chosen when the graph is recorded.
     """
@@ -103,7 +105,7 @@ def second_order(device: torch.device | str | None = None) -> Iterator[None]:
             torch.backends.cudnn.enabled = False
         else:
             torch._C._set_mkldnn_enabled(False)  # fused CPU RNN: slow double backward
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), double_backward():
             yield
     finally:
         torch.backends.cudnn.enabled = previous[0]

@@ -10,6 +10,11 @@ gradient ∇ᵧg:
   * a Q-term Neumann series on one ``LowerGraph`` (one forward) against Q separate HVP calls
     (one forward each), the straightforward implementation.
 
+And on the real task (SNLI hyper-cleaning, the suite's NLI model with an Elman RNN and an LSTM,
+hidden 64, GloVe 50d, real batches of 128 pairs, length buckets as configured): ∇ᵧg, an HVP, a
+cross product and ``hvp_cross`` through the oracle layer, and the HVP with the generic
+recurrence instead of the cell-by-cell one (``bilevel.models.recurrence``; issue #13).
+
 Timings are interleaved (each round calls every variant once) and summarized by their median.
 
     python scripts/bench_oracles.py [--repeats 20] [--batch 128] [--length 24]
@@ -161,6 +166,50 @@ def bench(name: str, model: nn.Module, n: int, seq: int, d: int, q: int, repeats
     return rows
 
 
+def bench_task(cell: str, repeats: int, draws: int = 4):
+    """Oracle costs on SNLI hyper-cleaning's lower batches (``draws`` real batches in turn)."""
+    from hydra.utils import instantiate
+
+    import bilevel.models.rnn as rnn_module
+    from bilevel.app.config import compose
+    from bilevel.problem import Problem
+
+    cfg = compose(["task=hypercleaning", "dataset=snli", "model=nli_rnn", f"model.cell={cell}"])
+    task = instantiate(cfg.task)
+    x, y = task.init_params(torch.Generator().manual_seed(1))
+    problem = Problem(task, torch.Generator().manual_seed(0))
+    oracles = problem.oracles
+    batches = [problem.lower_batch() for _ in range(draws)]
+    v = {k: torch.randn_like(t) for k, t in y.items()}
+    turn = {"i": 0}
+
+    def batch() -> Batch:
+        turn["i"] += 1
+        return batches[turn["i"] % draws]
+
+    def generic_hvp():
+        taken = rnn_module.in_double_backward
+        rnn_module.in_double_backward = lambda: False
+        try:
+            oracles.hvp(x, y, v, batch())
+        finally:
+            rnn_module.in_double_backward = taken
+
+    fns: dict[str, Callable[[], object]] = {
+        "grad_y_g": lambda: oracles.grad_y_g(x, y, batch()),
+        "hvp": lambda: oracles.hvp(x, y, v, batch()),
+        "hvp, generic recurrence": generic_hvp,
+        "cross": lambda: oracles.cross(x, y, v, batch()),
+        "hvp_cross (one pass)": lambda: oracles.hvp_cross(x, y, v, batch()),
+    }
+    times = time_interleaved(fns, repeats)
+    name = f"snli-nli_rnn-{'elman' if cell == 'rnn' else cell}"
+    return [
+        {"model": name, "what": k, "cost_in_gradients": t / times["grad_y_g"]}
+        for k, t in times.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -177,6 +226,8 @@ def main() -> None:
     rows += bench(
         "transformer-2x64", TransformerClassifier(64, 2), n, seq, 64, args.q, args.repeats
     )
+    for cell in ("rnn", "lstm"):
+        rows += bench_task(cell, args.repeats)
     import pandas as pd
 
     df = pd.DataFrame(rows)

@@ -9,6 +9,7 @@ checked against formulas written out here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -31,6 +32,7 @@ from bilevel.models import (
     functional,
     split_params,
 )
+from bilevel.models.recurrence import double_backward, in_double_backward, recurrence, supports
 from bilevel.oracles import Batch, Oracles, second_order
 
 DT = torch.float64
@@ -467,3 +469,70 @@ def test_any_encoder_reads_sentence_pairs(kind):
     logits = model(premise, lengths[0], hypothesis, lengths[1])
     assert logits.shape == (5, 3) and torch.isfinite(logits).all()
     assert not isinstance(build_model(kind, **cfg), NLIModel)
+
+
+# -- the O(T) second-order recurrence (bilevel.models.recurrence, issue #13) --------------------
+@pytest.mark.parametrize(
+    "module",
+    [
+        lambda: nn.RNN(3, 4, batch_first=True),
+        lambda: nn.RNN(3, 4, batch_first=True, nonlinearity="relu"),
+        lambda: nn.RNN(3, 4, batch_first=True, bias=False),
+        lambda: nn.LSTM(3, 4, batch_first=True),
+        lambda: nn.LSTM(3, 4, batch_first=True, bias=False),
+    ],
+    ids=["elman", "elman-relu", "elman-nobias", "lstm", "lstm-nobias"],
+)
+def test_recurrence_equals_the_module(module):
+    torch.manual_seed(0)
+    rnn = module().to(DT)
+    assert supports(rnn)
+    inputs = torch.randn(5, 7, 3, dtype=DT)
+    torch.testing.assert_close(recurrence(rnn, inputs), rnn(inputs)[0])
+
+
+def _encoder_hvp(enc, ids, lengths, v, loop: bool):
+    """∇²ᵧᵧ of a scalar of the encoder (y = every parameter, embeddings included) times v, with the
+    generic recurrence (``loop=False``) or the cell-by-cell one."""
+    params = dict(enc.named_parameters())
+    context = double_backward() if loop else contextlib.nullcontext()
+    with context:
+        out = torch.func.functional_call(enc, params, (ids, lengths))
+        loss = (out.tanh() ** 2).sum()
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    return torch.autograd.grad(grads, list(params.values()), grad_outputs=[v[k] for k in params])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("pool", ["max", "mean", "last"])
+def test_second_order_recurrence_gives_the_same_hvp(cell, pool):
+    enc = tiny_rnn(cell=cell, pool=pool, freeze_embeddings=False)
+    ids, lengths = tokens([5, 2, 7, 4], 7)
+    gen = torch.Generator().manual_seed(3)
+    v = {k: torch.randn(p.shape, generator=gen, dtype=DT) for k, p in enc.named_parameters()}
+    generic = _encoder_hvp(enc, ids, lengths, v, loop=False)
+    looped = _encoder_hvp(enc, ids, lengths, v, loop=True)
+    for a, b in zip(looped, generic, strict=True):
+        torch.testing.assert_close(a, b)
+    assert sum(float(a.norm()) for a in looped) > 1e-3
+
+
+def _select_backwards(enc, ids, lengths, v, loop: bool) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _encoder_hvp(enc, ids, lengths, v, loop)
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::select_backward")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_second_order_recurrence_is_linear_in_length(cell):
+    """The generic recurrence's double backward differentiates one select per time step, each
+    zero-filling a [T, B, H] buffer (O(T²)); the cell-by-cell path has none. Inside the oracle
+    layer's second_order context the encoder takes that path."""
+    enc = tiny_rnn(cell=cell, freeze_embeddings=False)
+    ids, lengths = tokens([12, 9, 12], 12)
+    v = {k: torch.ones_like(p) for k, p in enc.named_parameters()}
+    assert _select_backwards(enc, ids, lengths, v, loop=False) >= 12
+    assert _select_backwards(enc, ids, lengths, v, loop=True) == 0
+    with second_order("cpu"):
+        assert in_double_backward()
+    assert not in_double_backward()

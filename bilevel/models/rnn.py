@@ -14,7 +14,8 @@ max-pool over time of the padded output. Here:
   does. Pooling then ignores padding (``pool_includes_padding`` restores quirk Q26);
 * ``nn.LSTM`` / ``nn.RNN`` with their fused kernels: a second-order call must run inside
   :func:`bilevel.oracles.second_order`, which turns cuDNN (CUDA) / mkldnn (CPU) off for that call
-  only (DESIGN §5);
+  only (DESIGN §5); inside it a one-layer unidirectional encoder runs cell by cell
+  (:mod:`bilevel.models.recurrence`: a double backward linear in T, same values);
 * length buckets (CPU): a CPU recurrence costs batch × longest length, padding included, one
   time step after the other. With ``length_buckets`` = k > 1 the batch is sorted by length and
   run as k chunks, each padded only to its own longest sentence, and the sentence vectors are
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from bilevel.models.pooling import Pool, encode_in_buckets, pool_time, valid_mask
+from bilevel.models.recurrence import in_double_backward, recurrence, supports
 
 Cell = Literal["lstm", "rnn"]
 _CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "rnn": nn.RNN}
@@ -168,7 +170,9 @@ class RNNEncoder(nn.Module):
         """The sentence vectors of one padded batch."""
         mask = valid_mask(lengths, ids.shape[0], ids.shape[1], ids.device)
         h = self.embedding(ids)
-        if not self.bidirectional:
+        if not self.bidirectional and in_double_backward() and supports(self.rnn):
+            out = recurrence(self.rnn, h)  # a double backward linear in T (models.recurrence)
+        elif not self.bidirectional:
             out = self.rnn(h)[0]
         else:
             out = self._bidirectional(h, mask)

@@ -32,8 +32,8 @@ import statistics
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
+from bench_common import ratio_summary, run_cases
 from hydra.utils import instantiate
 
 import bilevel.data.text as text
@@ -126,17 +126,15 @@ def compare(algorithm: str, cell: str, steps: int, blocks: int) -> dict:
         if block == 0:  # the last hypergradient estimate: relative difference
             h, ref = tree.flatten(out[True]), tree.flatten(out[False])
             h_diff = float((h - ref).abs().max() / ref.abs().max())
-    ratios = [s / f for s, f in zip(seconds[True], seconds[False], strict=True)]
     return {
         "algorithm": algorithm,
         "cell": "elman" if cell == "rnn" else cell,
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
+        **ratio_summary(seconds[True], seconds[False]),
         "suite_s_per_step": statistics.median(seconds[False]) / steps,
         "hypergrad_rel_diff": h_diff,
         "blocks": blocks,
         "steps": steps,
+        "note": f"; hypergradients differ by {h_diff:.1e} (relative)",
     }
 
 
@@ -149,22 +147,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
-    for cell in args.cells:
-        for algorithm in args.algorithms:
-            row = compare(algorithm, cell, args.steps, args.blocks)
-            rows.append(row)
-            print(
-                f"{algorithm} {row['cell']}: straightforward / suite = {row['ratio_median']:.2f} "
-                f"(min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f}); "
-                f"hypergradients differ by {row['hypergrad_rel_diff']:.1e} (relative)",
-                flush=True,
-            )
-    table = pd.DataFrame(rows)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False, float_format="%.4g")
-        print(f"wrote {args.out}")
+    run_cases(
+        args.cells,
+        args.algorithms,
+        lambda algorithm, cell: compare(algorithm, cell, args.steps, args.blocks),
+        "straightforward / suite",
+        args.out,
+    )
 
 
 if __name__ == "__main__":

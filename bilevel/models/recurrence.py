@@ -54,15 +54,26 @@ def supports(rnn: nn.Module) -> bool:
 
 class _StackSteps(torch.autograd.Function):
     """torch.stack(steps, dim=1) whose backward is ONE ``unbind`` (differentiable again: its own
-    backward is a stack), instead of T recorded ``select``s (see the module docstring)."""
+    backward is a stack), instead of T recorded ``select``s (see the module docstring). Usable
+    under torch.func transforms (``setup_context``, forward-mode ``jvp``, ``vmap``)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, *steps: Tensor) -> Tensor:
+    def forward(*steps: Tensor) -> Tensor:
         return torch.stack(steps, dim=1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, ...]:
         return grad.unbind(1)
+
+    @staticmethod
+    def jvp(ctx, *tangents: Tensor) -> Tensor:
+        return torch.stack(tangents, dim=1)
 
 
 def recurrence(rnn: nn.RNN | nn.LSTM, inputs: Tensor) -> Tensor:

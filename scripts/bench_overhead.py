@@ -2,10 +2,12 @@
 given overrides in a fresh process (one thread), times the whole process, and splits it with the
 run's ``run.json``: training (the algorithm's init and steps), evaluation (evaluations, probes,
 step logs), warm-up, and the rest (interpreter start, imports, config composition, data
-preparation, model construction, writing the run directory). Also times, in their own fresh
-processes, the floor no run avoids: ``import torch`` and the ``torch._dynamo`` import that the
-first ``torch.optim`` optimizer triggers (torch wraps optimizer methods in a lazy
-``_disable_dynamo``).
+preparation, model construction, writing the run directory). One untimed run first, so the
+timed ones find the prepared data in its cache (``bilevel.tasks.text.prepare``; the first run
+of a dataset on a machine reads and tokenizes the files, ~1.8 s more here). Also times, in
+their own fresh processes, the floor no run avoids: ``import torch`` and the ``torch._dynamo``
+import that the first ``torch.optim`` optimizer triggers (torch wraps optimizer methods in a
+lazy ``_disable_dynamo``; the trainer imports it before its clock starts).
 
     OMP_NUM_THREADS=1 python scripts/bench_overhead.py [--repeats 3] [--out CSV] [OVERRIDE ...]
 
@@ -49,11 +51,13 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
+        for r in range(-1, args.repeats):  # run -1: untimed, fills the prepared-data cache
             run_dir = Path(tmp) / f"run{r}"
             cmd = [sys.executable, "-m", "bilevel.app.run", *args.overrides,
                    "trainer.progress=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
             total = timed(cmd, env)
+            if r < 0:
+                continue
             info = json.loads((run_dir / "run.json").read_text())
             floor = {k: timed([sys.executable, "-c", code], env) for k, code in FLOOR.items()}
             parts = {

@@ -3,9 +3,12 @@ conftest) and run one composed config into a per-test ``tmp_path`` directory."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +18,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from bilevel.app.config import compose
+
+# The prepared-text cache (bilevel.tasks.text.prepared_cache_dir) of this test session: a fresh
+# folder, so tests neither read nor fill the user's ~/.cache/bilevel (subprocesses inherit it).
+_CACHE = tempfile.mkdtemp(prefix="bilevel-test-cache-")
+os.environ["BILEVEL_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 # Small, fast runs: the quadratic task with closed forms, a few steps, no progress bar.
 TINY = ["task=quadratic", "trainer.max_steps=20", "trainer.progress=false"]

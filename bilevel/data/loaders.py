@@ -48,10 +48,12 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from bilevel.data.paths import DataError, find_file, read_lines, resolve_data_dir
+
+if TYPE_CHECKING:  # imported where used: a run whose prepared data is cached never loads it
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def _check_split(split: str, splits: Sequence[str], what: str) -> None:
 
 
 def _from_hub(hub_id: str, split: str, cache_dir: str | Path | None) -> datasets.Dataset:
+    import datasets
+
     try:
         cache = None if cache_dir is None else str(cache_dir)
         return datasets.load_dataset(hub_id, split=split, cache_dir=cache)
@@ -109,17 +113,23 @@ def _from_hub(hub_id: str, split: str, cache_dir: str | Path | None) -> datasets
         ) from e
 
 
-def _dataset(
-    columns: dict[str, list], features: dict[str, datasets.Value], path: Path
-) -> datasets.Dataset:
+def _features(kinds: dict[str, str]) -> datasets.Features:
+    """HF ``Features`` of columns given by value type names ("string", "int64")."""
+    import datasets
+
+    return datasets.Features({name: datasets.Value(kind) for name, kind in kinds.items()})
+
+
+def _dataset(columns: dict[str, list], features: dict[str, str], path: Path) -> datasets.Dataset:
     """The samples read from ``path`` as a Dataset; a file without any is a DataError."""
+    import datasets
+
     if not next(iter(columns.values())):
         raise DataError("no samples (the file is empty or has a header only)", path)
-    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    return datasets.Dataset.from_dict(columns, features=_features(features))
 
 
-_STR = datasets.Value("string")
-_INT = datasets.Value("int64")
+_STR, _INT = "string", "int64"
 
 
 # ---------------------------------------------------------------------------------------- SNLI
@@ -144,7 +154,7 @@ def load_snli(
             ds = ds.map(lambda b: {"y": [order[y] for y in b["label"]]}, batched=True)
             ds = ds.remove_columns("label").rename_column("y", "label")
         ds = ds.select_columns(["premise", "hypothesis", "label"])
-        return ds.cast(datasets.Features({"premise": _STR, "hypothesis": _STR, "label": _INT}))
+        return ds.cast(_features({"premise": _STR, "hypothesis": _STR, "label": _INT}))
     root = resolve_data_dir(data_dir) / "snli"
     infersent = [root / "SNLI" / f"{kind}.{split}" for kind in ("s1", "s2", "labels")]
     if split == "train" and not any(
@@ -234,7 +244,7 @@ def load_sentiment140(
             batched=True,
             remove_columns=[c for c in ds.column_names if c != "text"],
         )
-        return ds.cast(datasets.Features({"text": _STR, "label": _INT}))
+        return ds.cast(_features({"text": _STR, "label": _INT}))
     path = find_file(resolve_data_dir(data_dir) / "sentiment140", SENTIMENT140_FILES[split])
     return _sentiment140_csv(path)
 
@@ -302,7 +312,7 @@ def load_trec(
 
         drop = [c for c in ds.column_names if c != "text"]
         ds = ds.map(convert, batched=True, remove_columns=drop).rename_column("fine", "fine_label")
-        return ds.cast(datasets.Features({"text": _STR, "label": _INT, "fine_label": _INT}))
+        return ds.cast(_features({"text": _STR, "label": _INT, "fine_label": _INT}))
     path = find_file(resolve_data_dir(data_dir) / "trec", TREC_FILES[split])
     return _trec_file(path)
 

@@ -8,7 +8,10 @@ by the ``model`` group (``bilevel.models.build_model`` keys). Tasks call :func:`
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +71,7 @@ def _load_amazon_split(split: str, data_dir=None, hub_id=None):
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 LOADERS = {
     "snli": load_snli,
@@ -125,8 +129,61 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+CACHE_ENV = "BILEVEL_CACHE_DIR"
+CACHE_FORMAT = 1  # bump when TextData's layout changes
+_CACHE_SOURCES = ("data/text.py", "data/loaders.py", "data/glove.py", "data/paths.py",
+                  "tasks/text.py")  # fmt: skip
+
+
+def prepared_cache_dir() -> Path | None:
+    """Where prepared datasets are kept: ``$BILEVEL_CACHE_DIR`` (``off`` or empty: nowhere),
+    else ``$XDG_CACHE_HOME/bilevel/prepared`` (``~/.cache/bilevel/prepared``)."""
+    setting = os.environ.get(CACHE_ENV)
+    if setting is not None:
+        return None if setting.strip().lower() in ("", "off", "0", "none") else Path(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bilevel" / "prepared"
+
+
+def _cache_key(root: Path, arguments: dict[str, Any]) -> str:
+    """A digest of everything a prepared dataset depends on: the arguments of :func:`prepare`,
+    every file of the data directory (path, size, modification time) and the source of the
+    code that reads, tokenizes and pads it (an edit invalidates every entry)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, arguments], sort_keys=True).encode())
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for source in _CACHE_SOURCES:
+        digest.update((package / source).read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _to_payload(data: TextData) -> dict[str, Any]:
+    return {
+        "splits": {role: split.tensors for role, split in data.splits.items()},
+        "itos": data.vocab.itos,
+        "n_specials": data.vocab.n_specials,
+        "fields": list(data.fields),
+        "n_classes": data.n_classes,
+        "embeddings": data.embeddings,
+        "glove_coverage": data.glove_coverage,
+    }
+
+
+def _from_payload(payload: dict[str, Any]) -> TextData:
+    fields = tuple(payload["fields"])
+    return TextData(
+        {role: PaddedSplit(tensors, fields) for role, tensors in payload["splits"].items()},
+        Vocab(payload["itos"], payload["n_specials"]),
+        fields,
+        int(payload["n_classes"]),
+        payload["embeddings"],
+        payload["glove_coverage"],
+    )
+
+
 @memoised(8)
-@quiet_datasets()
 def prepare(
     dataset: dict[str, Any],
     data_dir: str | None,
@@ -143,7 +200,50 @@ def prepare(
     after ``<pad>``, ``<unk>``), encode and pad (keeping the numeric ``extra_columns``).
 
     Memoised for the process: a sweep or a test that builds the same task again reuses the
-    result (tasks never modify a TextData in place)."""
+    result (tasks never modify a TextData in place). Kept on disk too
+    (:func:`prepared_cache_dir`, keyed by :func:`_cache_key`): a later process loads the
+    tensors instead of reading, tokenizing and padding the files again (and never imports HF
+    ``datasets``); a cache entry that cannot be read is rebuilt."""
+    arguments = dict(
+        dataset=dataset, max_len=max_len, splits=splits, limit=limit, seed=seed,
+        specials=list(specials), extra_columns=list(extra_columns),
+    )  # fmt: skip
+    where = prepared_cache_dir()
+    entry = None
+    if where is not None and not dataset.get("hub_id"):
+        entry = where / f"{dataset['name']}-{_cache_key(resolve_data_dir(data_dir), arguments)}.pt"
+        if entry.is_file():
+            try:
+                return _from_payload(torch.load(entry, weights_only=True))
+            except Exception as err:  # a truncated or foreign file: rebuild it
+                log.warning("prepared-data cache %s unreadable (%s); rebuilding", entry, err)
+    data = _prepare_from_files(
+        dataset, data_dir, max_len, splits, limit, seed, cache_dir, specials, extra_columns
+    )
+    if entry is not None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_suffix(f".tmp{os.getpid()}")
+            torch.save(_to_payload(data), tmp)
+            tmp.replace(entry)  # atomic: a concurrent reader sees the old file or the new one
+        except OSError as err:  # a read-only or full disk costs speed, never the run
+            log.warning("prepared-data cache %s not written (%s)", entry, err)
+    return data
+
+
+@quiet_datasets()
+def _prepare_from_files(
+    dataset: dict[str, Any],
+    data_dir: str | None,
+    max_len: int,
+    splits: dict[str, str],
+    limit: dict[str, int | None],
+    seed: int,
+    cache_dir: str | None,
+    specials: tuple[str, ...],
+    extra_columns: tuple[str, ...],
+) -> TextData:
+    """:func:`prepare` without the caches."""
     name = dataset["name"]
     if name not in LOADERS:
         raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -183,7 +184,46 @@ def _from_payload(payload: dict[str, Any]) -> TextData:
     )
 
 
+def disk_cached(fn: Callable[..., TextData]) -> Callable[..., TextData]:
+    """Keep ``fn``'s TextData on disk (:func:`prepared_cache_dir`, keyed by :func:`_cache_key`
+    over its arguments but the folders): a later process loads the tensors instead of reading,
+    tokenizing and padding the files again (and never imports HF ``datasets``). Hub datasets
+    are left to HF's own cache. An entry that cannot be read is rebuilt; one that cannot be
+    written costs speed, never the run."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> TextData:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k not in ("data_dir", "cache_dir")}
+        dataset, where = bound.arguments["dataset"], prepared_cache_dir()
+        entry = None
+        if where is not None and not dataset.get("hub_id"):
+            key = _cache_key(resolve_data_dir(bound.arguments["data_dir"]), arguments)
+            entry = where / f"{dataset['name']}-{key}.pt"
+            if entry.is_file():
+                try:
+                    return _from_payload(torch.load(entry, weights_only=True))
+                except Exception as err:  # a truncated or foreign file: rebuild it
+                    log.warning("prepared-data cache %s unreadable (%s); rebuilding", entry, err)
+        data = fn(*args, **kwargs)
+        if entry is not None:
+            try:
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                tmp = entry.with_suffix(f".tmp{os.getpid()}")
+                torch.save(_to_payload(data), tmp)
+                tmp.replace(entry)  # atomic: a concurrent reader sees the old file or the new
+            except OSError as err:
+                log.warning("prepared-data cache %s not written (%s)", entry, err)
+        return data
+
+    return call
+
+
 @memoised(8)
+@disk_cached
+@quiet_datasets()
 def prepare(
     dataset: dict[str, Any],
     data_dir: str | None,
@@ -200,50 +240,8 @@ def prepare(
     after ``<pad>``, ``<unk>``), encode and pad (keeping the numeric ``extra_columns``).
 
     Memoised for the process: a sweep or a test that builds the same task again reuses the
-    result (tasks never modify a TextData in place). Kept on disk too
-    (:func:`prepared_cache_dir`, keyed by :func:`_cache_key`): a later process loads the
-    tensors instead of reading, tokenizing and padding the files again (and never imports HF
-    ``datasets``); a cache entry that cannot be read is rebuilt."""
-    arguments = dict(
-        dataset=dataset, max_len=max_len, splits=splits, limit=limit, seed=seed,
-        specials=list(specials), extra_columns=list(extra_columns),
-    )  # fmt: skip
-    where = prepared_cache_dir()
-    entry = None
-    if where is not None and not dataset.get("hub_id"):
-        entry = where / f"{dataset['name']}-{_cache_key(resolve_data_dir(data_dir), arguments)}.pt"
-        if entry.is_file():
-            try:
-                return _from_payload(torch.load(entry, weights_only=True))
-            except Exception as err:  # a truncated or foreign file: rebuild it
-                log.warning("prepared-data cache %s unreadable (%s); rebuilding", entry, err)
-    data = _prepare_from_files(
-        dataset, data_dir, max_len, splits, limit, seed, cache_dir, specials, extra_columns
-    )
-    if entry is not None:
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_suffix(f".tmp{os.getpid()}")
-            torch.save(_to_payload(data), tmp)
-            tmp.replace(entry)  # atomic: a concurrent reader sees the old file or the new one
-        except OSError as err:  # a read-only or full disk costs speed, never the run
-            log.warning("prepared-data cache %s not written (%s)", entry, err)
-    return data
-
-
-@quiet_datasets()
-def _prepare_from_files(
-    dataset: dict[str, Any],
-    data_dir: str | None,
-    max_len: int,
-    splits: dict[str, str],
-    limit: dict[str, int | None],
-    seed: int,
-    cache_dir: str | None,
-    specials: tuple[str, ...],
-    extra_columns: tuple[str, ...],
-) -> TextData:
-    """:func:`prepare` without the caches."""
+    result (tasks never modify a TextData in place); kept on disk across processes
+    (:func:`disk_cached`)."""
     name = dataset["name"]
     if name not in LOADERS:
         raise ValueError(

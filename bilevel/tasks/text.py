@@ -142,7 +142,10 @@ def prepared_cache_dir() -> Path | None:
     setting = os.environ.get(CACHE_ENV)
     if setting is not None:
         return None if setting.strip().lower() in ("", "off", "0", "none") else Path(setting)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home directory to be found: no cache, never a failed run
+        return None
     return Path(base) / "bilevel" / "prepared"
 
 

@@ -153,7 +153,6 @@ class Trainer:
         self._probe_logs = {p.name: CSVLogger(f"{p.name}.csv") for p in self.probes}
         self._probe_rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.probes}
         self._stop_requested = False
-        self._seconds = {"warmup": 0.0, "eval": 0.0}  # this process, outside the training clock
 
     # -- public --------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -162,7 +161,7 @@ class Trainer:
 
     def fit(self) -> RunResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._seconds = {"warmup": 0.0, "eval": 0.0}
+        self._seconds = {"warmup": 0.0, "eval": 0.0}  # this fit, outside the training clock
         seed_everything(self.seed)
         self.task.to(self.device)
         counter = OracleCounter()

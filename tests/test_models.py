@@ -32,6 +32,7 @@ from bilevel.models import (
     functional,
     split_params,
 )
+from bilevel.models.pooling import pool_time, valid_mask
 from bilevel.models.recurrence import double_backward, in_double_backward, recurrence, supports
 from bilevel.oracles import Batch, Oracles, second_order
 
@@ -184,6 +185,34 @@ def test_pool_includes_padding_is_the_reference_pool():
     for m in (masked, quirk):
         m.pool = "mean"
     torch.testing.assert_close(quirk(more, lengths), masked(ids, lengths))
+
+
+def test_max_pool_is_the_max_over_real_tokens_to_second_order():
+    """The masked max-pool (padding as an added -inf) against each row's max over its own real
+    tokens, in value, gradient and a Hessian-vector product through the pool (the path the
+    second-order oracles take); a padding position larger than every real one must not leak."""
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 6, 3, generator=gen, dtype=DT)
+    lengths = torch.tensor([6, 2, 4, 1])
+    out[1, 3:] = 10.0  # padding beats every real token: must be ignored
+    mask = valid_mask(lengths, 4, 6, out.device)
+    w = torch.randn(3, generator=gen, dtype=DT)
+    v = torch.randn(out.shape, generator=gen, dtype=DT)
+
+    def hvp(pool):
+        z = out.clone().requires_grad_()
+        loss = (pool(z).tanh() @ w).pow(2).sum()
+        (g,) = torch.autograd.grad(loss, z, create_graph=True)
+        (h,) = torch.autograd.grad(g, z, grad_outputs=v)
+        return loss.detach(), g.detach(), h
+
+    masked = hvp(lambda z: pool_time(z, mask, "max"))
+    per_row = hvp(
+        lambda z: torch.stack([z[b, : int(n)].max(0).values for b, n in enumerate(lengths)])
+    )
+    for a, b in zip(masked, per_row, strict=True):
+        torch.testing.assert_close(a, b)
+    assert masked[1][1, 3:].abs().sum() == 0 and masked[2].abs().sum() > 0
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])

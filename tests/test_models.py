@@ -213,6 +213,11 @@ def test_max_pool_is_the_max_over_real_tokens_to_second_order():
     for a, b in zip(masked, per_row, strict=True):
         torch.testing.assert_close(a, b)
     assert masked[1][1, 3:].abs().sum() == 0 and masked[2].abs().sum() > 0
+    # usable under torch.func.vmap (a batch of such batches, e.g. MAML tasks on an accelerator)
+    stacked = torch.func.vmap(lambda o, k: pool_time(o, k, "max"))(
+        out[None].repeat(2, 1, 1, 1), mask[None].repeat(2, 1, 1)
+    )
+    torch.testing.assert_close(stacked, pool_time(out, mask, "max")[None].repeat(2, 1, 1))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])

@@ -46,8 +46,9 @@ def pool_time(out: Tensor, mask: Tensor, pool: Pool, pool_includes_padding: bool
         # -inf added at padding rather than filled in: the same values and argmax, and a
         # backward that passes the gradient through instead of masking a [B, T, D] copy of it
         # (a masked_fill costs a clone and a fill each way: 2.5x the pool's time with an HVP)
-        padding = torch.zeros(m.shape, dtype=out.dtype, device=out.device)
-        return (out + padding.masked_fill_(~m, float("-inf"))).max(dim=1).values
+        # (out of place: a mask batched by torch.func.vmap cannot fill an unbatched buffer)
+        padding = torch.zeros((), dtype=out.dtype, device=out.device).masked_fill(~m, -torch.inf)
+        return (out + padding).max(dim=1).values
     if pool == "mean":
         total = out.masked_fill(~m, 0.0).sum(dim=1)
         return total / mask.sum(dim=1, keepdim=True).to(out.dtype)

@@ -28,7 +28,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -56,6 +56,16 @@ class Batch:
 class BilevelLosses(Protocol):
     def upper_loss(self, x: Params, y: Params, batch: Batch) -> Tensor: ...
     def lower_loss(self, x: Params, y: Params, batch: Batch) -> Tensor: ...
+
+
+@runtime_checkable
+class HeadOnRepresentation(Protocol):
+    """A lower level that sees x only through a representation of the batch (hyper-
+    representation): g(x, y; B) = ``lower_loss_on(represent(x, B), y, B)``. Adapting y with x
+    held fixed (ANIL's inner loop) then computes the representation once, not once per step."""
+
+    def represent(self, x: Params, batch: Batch) -> Any: ...
+    def lower_loss_on(self, features: Any, y: Params, batch: Batch) -> Tensor: ...
 
 
 @dataclass
@@ -267,7 +277,9 @@ class Oracles:
         passes (quirk Q11). The inputs are never modified.
 
         Counted: ``steps`` ``grad_g`` calls on ``batch`` (∇ₓg and ∇ᵧg of one step come from one
-        backward pass). The second-order work is counted when the graph is differentiated.
+        backward pass). The second-order work is counted when the graph is differentiated. When x
+        is not adapted and the task is a :class:`HeadOnRepresentation`, the K steps share one
+        representation of the batch (its graph too: one backward through it for all K steps).
         """
         if support_grad_x and create_graph:
             raise ValueError(
@@ -282,10 +294,16 @@ class Oracles:
             x0 = tree.leaves(x, requires_grad=create_graph)
             ys0 = tree.leaves(y0, requires_grad=create_graph)
             xi, yi = x0, ys0
+            # x held fixed: its representation of the batch is the same at every step
+            shared = not with_x and isinstance(self.task, HeadOnRepresentation)
+            features = self.task.represent(x0, batch) if shared else None
             for _ in range(steps):
                 if not create_graph:
                     xi, yi = tree.leaves(xi, requires_grad=with_x), tree.leaves(yi)
-                loss = self.task.lower_loss(xi, yi, batch)
+                if shared:
+                    loss = self.task.lower_loss_on(features, yi, batch)
+                else:
+                    loss = self.task.lower_loss(xi, yi, batch)
                 wrt = {("y", k): t for k, t in yi.items()}
                 if with_x:
                     wrt.update({("x", k): t for k, t in xi.items()})

@@ -13,7 +13,7 @@ import text_tasks
 import torch
 from text_tasks import needs_data
 
-from bilevel.oracles import Batch
+from bilevel.oracles import Batch, HeadOnRepresentation, Oracles
 from bilevel.tasks.text import AMAZON_LOWRES_DOMAINS
 
 pytestmark = needs_data
@@ -112,6 +112,50 @@ def test_evaluation_adapts_copies_and_matches_a_per_task_loop():
     assert got["upper"] == pytest.approx(
         float(task.upper_loss(xd, shared, Batch(query, 20))), rel=1e-5
     )
+
+
+class _WholeModel:
+    """The task's losses without its :class:`HeadOnRepresentation` split: the encoder runs at
+    every inner step, as a generic task would."""
+
+    def __init__(self, task):
+        self.lower_loss, self.upper_loss = task.lower_loss, task.upper_loss
+
+
+@pytest.mark.parametrize("create_graph", [True, False], ids=["second-order", "first-order"])
+def test_head_adaptation_computes_the_representation_once(create_graph):
+    """ANIL's K head steps share one encoder pass over the support set (x is fixed): the same
+    adapted head and meta-gradient as recomputing the representation at every step (the generic
+    path), with one encoder call instead of K."""
+    task, _, problem, state = build(*SNLI, "algorithm=anil")
+    assert isinstance(task, HeadOnRepresentation)
+    support, query = problem.episodes(1)[0]
+    forward, calls = task._forward, []
+
+    def counted(*args, **kwargs):
+        calls[-1] += 1
+        return forward(*args, **kwargs)
+
+    task._forward = counted
+    results = []
+    for losses in (task, _WholeModel(task)):
+        oracles = Oracles(losses)
+        calls.append(0)
+        adapted = oracles.adapt(state.x, state.y, support, 0.5, 4, create_graph=create_graph)
+        calls[-1:] = [calls[-1], 0]  # encoder calls of the adaptation; then the query's
+        results.append((adapted.y, oracles.grad_f_through(adapted, query)))
+    task._forward = forward
+    assert calls == [1, 1, 4, 1]
+    (y_shared, mg_shared), (y_whole, mg_whole) = results
+    for k in y_shared:
+        torch.testing.assert_close(y_shared[k], y_whole[k], rtol=1e-5, atol=1e-6)
+    for part in ("x", "y", "x_direct", "y_direct"):
+        a, b = getattr(mg_shared, part), getattr(mg_whole, part)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    moved = sum(float((y_shared[k] - state.y[k]).detach().norm()) for k in y_shared)
+    through = sum(float((mg_shared.x[k] - mg_shared.x_direct[k]).norm()) for k in mg_shared.x)
+    assert moved > 1e-3 and (through > 1e-6) == create_graph  # the steps and their path count
 
 
 # Short runs: f at the shared head (upper_loss on 20 training tasks) falls. With x frozen (upper

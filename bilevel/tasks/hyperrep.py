@@ -151,10 +151,19 @@ class HyperRep(TextTask):
     def _logits(self, x: Params, y: Params, data: dict[str, Tensor]) -> Tensor:
         return self._forward({**x, **y}, self.data.fields, data)
 
-    def lower_loss(self, x, y, batch):
-        d = batch.data
-        ce = F.cross_entropy(self._logits(x, y, d), d["label"])
+    def represent(self, x: Params, batch: Batch) -> Tensor:
+        """The head's input for ``batch`` (x only: the head is not part of it)."""
+        return self._forward(x, self.data.fields, batch.data, features_only=True)
+
+    def lower_loss_on(self, features: Tensor, y: Params, batch: Batch) -> Tensor:
+        """g from the representation: CE of the head y on ``features`` + reg(y)."""
+        ce = self._head_loss(
+            {k[len(HEAD) :]: v for k, v in y.items()}, features, batch.data["label"]
+        )[0]
         return ce + regularizer(y, self.reg["coef"], self.reg["kind"], self.reg["p"])
+
+    def lower_loss(self, x, y, batch):
+        return self.lower_loss_on(self.represent(x, batch), y, batch)
 
     def upper_loss(self, x, y, batch):
         d = batch.data

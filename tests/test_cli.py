@@ -171,6 +171,9 @@ BAD_INPUT = [
     (["trainer.epochs=0"], "trainer.epochs="),
     (["task.batch_size=0"], "task.batch_size=0"),
     (["algorithm.upper.lr=-5"], "algorithm.upper.lr=-5"),
+    (["algorithm.upper.lr=fast"], "algorithm.upper.lr='fast'"),  # torch.optim's float | Tensor
+    (["algorithm.upper_decay=null"], "algorithm.upper_decay=None"),
+    (["task.dim_x=2.5"], "task.dim_x=2.5"),
     (["task.noise_std=-1"], "task.noise_std=-1"),
     (["trainer.device=gpu"], "trainer.device='gpu'"),
     (["logger=wandb", "logger.mode=onlne"], "logger.mode=onlne"),

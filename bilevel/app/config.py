@@ -4,7 +4,8 @@ Hydra's struct mode rejects unknown keys at compose time; the schemas registered
 :mod:`bilevel.app.schema` type-check the fixed sections (trainer, paths, scale, ...). Component
 nodes (``_target_`` + arguments: algorithms, estimators, lower strategies, optimizers, tasks)
 are checked against the signature of the class they name, which is their schema: an unknown
-argument or a value outside a ``Literal`` fails before anything runs, listing the valid ones.
+argument, a value outside a ``Literal`` or a non-number where the class takes a number fails
+before anything runs, listing the valid ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import inspect
 import re
 import typing
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -87,6 +89,31 @@ def _hints(obj: Any) -> dict[str, Any]:
         return {}
 
 
+_NUMERIC = {int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def _numeric_mismatch(value: Any, hint: Any) -> str | None:
+    """What a number-typed argument (``float``, ``int | None``, torch's ``float | Tensor``, ...)
+    expects, when ``value`` is not one; None when it fits or the hint is not numeric."""
+    members = (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+    )
+    import torch  # a Tensor member (torch.optim's lr) cannot come from a config: skipped
+
+    members = tuple(m for m in members if m is not torch.Tensor)
+    if not members or not all(m in _NUMERIC for m in members):
+        return None
+    fits = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        type(None): lambda v: v is None,
+    }
+    if any(fits[m](value) for m in members):
+        return None
+    return " or ".join(_NUMERIC[m] for m in members)
+
+
 def check_node(node: Any, path: str = "") -> None:
     """Recursively check every ``_target_`` node against its class signature."""
     if isinstance(node, ListConfig):
@@ -115,6 +142,11 @@ def check_node(node: Any, path: str = "") -> None:
                 if value not in typing.get_args(hint):
                     choices = ", ".join(map(str, typing.get_args(hint)))
                     raise ConfigError(f"{path}.{key}={value}: not one of {choices}")
+            elif key in node:
+                value = OmegaConf.select(node, str(key))
+                expected = _numeric_mismatch(value, hint)
+                if expected is not None:
+                    raise ConfigError(f"{path}.{key}={value!r}: expected {expected}")
     for key in node:
         if str(key).startswith("_"):
             continue

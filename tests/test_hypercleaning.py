@@ -151,7 +151,7 @@ def test_reference_option_unsquared_l2():
     norm, _, _, _ = build("algorithm=soba", "task.reg.coef=0.5", "task.reg.kind=l2_norm")
     batch = problem.lower_batch()
     y = state.y
-    sq_y = sum(float(v.square().sum()) for v in y.values())
+    sq_y = sum(float(v.detach().square().sum()) for v in y.values())
     diff = float(norm.lower_loss(state.x, y, batch) - sq.lower_loss(state.x, y, batch))
     assert diff == pytest.approx(0.5 * sq_y**0.5 - 0.25 * sq_y, rel=1e-4)
 

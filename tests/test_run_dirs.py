@@ -224,6 +224,35 @@ def test_is_finished_follows_status_and_config(finished):
     assert is_finished(finished, resolved())
 
 
+def test_a_run_stored_before_a_key_became_neutral_is_still_recognised(finished, tmp_path):
+    """run.json keeps the fingerprint of its day; a key declared neutral since (here: one that
+    only the old fingerprint saw) must not make a finished run stale. Its config.yaml, under
+    today's neutral keys, is what decides; a real difference still does."""
+    from bilevel.app.jobs import finished_runs
+
+    data = info(finished)
+    (finished / "run.json").write_text(json.dumps({**data, "fingerprint": "0" * 16}))
+    assert is_finished(finished, resolved())
+    assert finished_runs(finished.parent)[fingerprint(resolved())] == finished
+    (finished / CHECKPOINT).unlink()  # resume=true without a checkpoint: the same run, redone
+    assert prepare(finished, resolved(), resume=True, force=False).action == "replace"
+    config = OmegaConf.load(finished / "config.yaml")
+    config.seed = 1
+    OmegaConf.save(config, finished / "config.yaml")
+    assert not is_finished(finished, resolved())
+    assert fingerprint(resolved()) not in finished_runs(finished.parent)
+
+
+def test_the_data_directory_is_neutral_on_text_tasks_too():
+    """A text task resolves paths.data_dir into task.data_dir: where the files are read from
+    (another checkout, an absolute path) is not what a run computes."""
+    text = [*BASE, "task=hypercleaning", "dataset=snli", "model=nli_rnn"]
+    here = OmegaConf.to_container(compose(text), resolve=True)
+    elsewhere = OmegaConf.to_container(compose([*text, "paths.data_dir=/elsewhere"]), resolve=True)
+    assert elsewhere["task"]["data_dir"] == "/elsewhere" != here["task"]["data_dir"]
+    assert fingerprint(here) == fingerprint(elsewhere) and config_diff(here, elsewhere) == []
+
+
 def test_fingerprint_ignores_neutral_keys_only():
     base = resolved()
     fp = fingerprint(base)

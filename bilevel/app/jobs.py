@@ -236,6 +236,8 @@ def set_aside(run_dir: Path, overrides: list[str]) -> str | None:
 def finished_runs(root: Path) -> dict[str, Path]:
     """Fingerprint → directory of every finished (completed or diverged) run below ``root``,
     runs set aside in ``.replaced/`` excepted."""
+    from bilevel.app.rundir import stored_fingerprints
+
     found: dict[str, Path] = {}
     for info_path in sorted(root.rglob("run.json")) if root.is_dir() else []:
         if ".replaced" in info_path.parts:
@@ -244,8 +246,9 @@ def finished_runs(root: Path) -> dict[str, Path]:
             info = json.loads(info_path.read_text())
         except (OSError, ValueError):
             continue
-        if info.get("status") in ("completed", "diverged") and info.get("fingerprint"):
-            found.setdefault(info["fingerprint"], info_path.parent)
+        if info.get("status") in ("completed", "diverged"):
+            for fp in stored_fingerprints(info_path.parent, info):
+                found.setdefault(fp, info_path.parent)
     return found
 
 

@@ -36,6 +36,7 @@ RESULT_NEUTRAL_KEYS: tuple[str, ...] = (
     "name",  # free label (W&B run name, figure curves)
     "logger",  # whole group: where rows are mirrored (W&B), never what they hold
     "paths",  # where data is read from and outputs go, not what they are
+    "task.data_dir",  # = paths.data_dir, resolved into the task node (text tasks)
     "trainer.progress",  # progress bar
     "trainer.num_threads",  # CPU threads: speed, not results
     "trainer.checkpoint_every",  # resume is exact, so checkpoint cadence changes nothing
@@ -121,13 +122,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _read_config_yaml(run_dir: Path) -> dict[str, Any] | None:
+    """A run's config.yaml (resolved when written) as plain data. Read with libyaml: the index
+    of every stored run (``bilevel.app.jobs.finished_runs``) reads thousands of them."""
     path = run_dir / "config.yaml"
     if not path.exists():
         return None
-    from omegaconf import OmegaConf
+    import yaml
 
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except Exception:
         return None
     return data if isinstance(data, dict) else None
@@ -138,6 +141,17 @@ def is_finished(run_dir: Path, resolved: dict[str, Any]) -> bool:
     return finished_with(run_dir, fingerprint(resolved))
 
 
+def stored_fingerprints(run_dir: Path, info: dict[str, Any] | None) -> set[str]:
+    """The fingerprints a stored run answers to: the one its run.json recorded, and the one of
+    its config.yaml under today's neutral keys (a run made before a key was declared neutral,
+    e.g. with another data directory, is still the same run)."""
+    found = {info["fingerprint"]} if info and info.get("fingerprint") else set()
+    config = _read_config_yaml(Path(run_dir))
+    if config is not None:
+        found.add(fingerprint(config))
+    return found
+
+
 def finished_with(run_dir: Path, config_fingerprint: str) -> bool:
     """``run_dir`` holds a finished run whose config has ``config_fingerprint``."""
     run_dir = Path(run_dir)
@@ -145,8 +159,11 @@ def finished_with(run_dir: Path, config_fingerprint: str) -> bool:
     return (
         info is not None
         and info.get("status") in FINISHED
-        and info.get("fingerprint") == config_fingerprint
         and (run_dir / "metrics.csv").exists()
+        and (
+            info.get("fingerprint") == config_fingerprint
+            or config_fingerprint in stored_fingerprints(run_dir, info)
+        )
     )
 
 
@@ -239,7 +256,7 @@ def prepare(run_dir: Path, resolved: dict[str, Any], *, resume: bool, force: boo
         if old_fp is None:  # written before fingerprints: the directory's config.yaml
             old_cfg = _read_config_yaml(run_dir)
             old_fp = fingerprint(old_cfg) if old_cfg is not None else None
-        if old_fp == new:
+        if new in (old_fp, old_cfg is not None and fingerprint(old_cfg)):
             return RunDirPlan(run_dir, "resume", status)
         if force:
             return RunDirPlan(run_dir, "replace", status)
@@ -255,7 +272,7 @@ def prepare(run_dir: Path, resolved: dict[str, Any], *, resume: bool, force: boo
     old_cfg = _read_config_yaml(run_dir)
     info = _read_json(run_dir / "run.json") or {}
     old_fp = info.get("fingerprint") or (fingerprint(old_cfg) if old_cfg is not None else None)
-    if old_fp == new or force:
+    if new in stored_fingerprints(run_dir, info) or force:
         return RunDirPlan(run_dir, "replace", status)
     what = f"a different config ({_keys_text(old_cfg, resolved)})" if old_fp else "unknown config"
     raise RunDirError(

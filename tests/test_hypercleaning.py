@@ -152,7 +152,7 @@ def test_reference_option_unsquared_l2():
     batch = problem.lower_batch()
     y = state.y
     sq_y = sum(float(v.detach().square().sum()) for v in y.values())
-    diff = float(norm.lower_loss(state.x, y, batch) - sq.lower_loss(state.x, y, batch))
+    diff = float((norm.lower_loss(state.x, y, batch) - sq.lower_loss(state.x, y, batch)).detach())
     assert diff == pytest.approx(0.5 * sq_y**0.5 - 0.25 * sq_y, rel=1e-4)
 
 

@@ -90,6 +90,12 @@ def _hints(obj: Any) -> dict[str, Any]:
 
 
 _NUMERIC = {int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+_FITS = {  # bool is an int subclass: kept apart
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    bool: lambda v: isinstance(v, bool),
+    type(None): lambda v: v is None,
+}
 
 
 def _numeric_mismatch(value: Any, hint: Any) -> str | None:
@@ -103,13 +109,7 @@ def _numeric_mismatch(value: Any, hint: Any) -> str | None:
     members = tuple(m for m in members if m is not torch.Tensor)
     if not members or not all(m in _NUMERIC for m in members):
         return None
-    fits = {
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        bool: lambda v: isinstance(v, bool),
-        type(None): lambda v: v is None,
-    }
-    if any(fits[m](value) for m in members):
+    if any(_FITS[m](value) for m in members):
         return None
     return " or ".join(_NUMERIC[m] for m in members)
 

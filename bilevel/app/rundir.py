@@ -256,7 +256,7 @@ def prepare(run_dir: Path, resolved: dict[str, Any], *, resume: bool, force: boo
         if old_fp is None:  # written before fingerprints: the directory's config.yaml
             old_cfg = _read_config_yaml(run_dir)
             old_fp = fingerprint(old_cfg) if old_cfg is not None else None
-        if new in (old_fp, old_cfg is not None and fingerprint(old_cfg)):
+        if new == old_fp or (old_cfg is not None and fingerprint(old_cfg) == new):
             return RunDirPlan(run_dir, "resume", status)
         if force:
             return RunDirPlan(run_dir, "replace", status)

@@ -54,8 +54,8 @@ HYPERREP_ADAMBO = ["adambo", "maml", "anil", "stocbio", "ttsa", "saba", "ma_soba
 # 0.63 after 4). The hyper-rep groups: part of an epoch (4-12 steps), all they can afford;
 # they document where the runs stand.
 # Hyper-cleaning (SNLI, Sentiment140): 10 epochs, the task's default length, at which their
-# small-scale steps were tuned (scripts/tune_cleaning_snli.sh, scripts/tune_cleaning_sentiment140.sh);
-# the learned runs are those tuning runs (shared, not rerun).
+# small-scale steps were tuned (scripts/tune_cleaning_snli.sh and
+# scripts/tune_cleaning_sentiment140.sh); the learned runs are those tuning runs (shared).
 GROUPS = [
     ("hpo", ["task=hpo"], "test_acc", ["trainer.epochs=1"],
      ["stocbio", "ttsa", "soba", "saba", "ma_soba", "bo_rep"]),

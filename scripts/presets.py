@@ -132,7 +132,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--only", nargs="*", default=[], help="group prefixes, e.g. hpo auc")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="group prefixes, e.g. hpo auc (other rows kept)"
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("outputs") / "presets")
     parser.add_argument("--out", type=Path, default=PACKAGE_ROOT / "results" / "presets.csv")
     args = parser.parse_args()
@@ -170,6 +172,12 @@ def main() -> int:
         for g, a in zip(wide.group, wide.algorithm, strict=True)
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only and args.out.exists():  # --only replaces its groups' rows, keeps the others
+        kept = pd.read_csv(args.out)
+        kept = kept[~kept.group.isin(set(wide.group))]
+        order = {name: i for i, (name, *_) in enumerate(GROUPS)}
+        wide = pd.concat([kept, wide], ignore_index=True)
+        wide = wide.sort_values("group", key=lambda g: g.map(order), kind="stable")
     wide.to_csv(args.out, index=False, float_format="%.4g")
     ok = (wide.status_learned != "failed") & (wide.status_frozen != "failed")
     pairs = wide[ok].groupby(["group", "algorithm"], sort=False)[["learned", "frozen", "gain"]]

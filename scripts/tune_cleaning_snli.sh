@@ -35,3 +35,16 @@ bilevel-tune algorithm=unibio algorithm.lower.gamma1=0.3,1.0 algorithm.estimator
 # VRBO costs ~5 SOBA runs a run: its y step is fixed at the value every method above chose (1.0)
 bilevel-tune algorithm=vrbo algorithm.y_lr=1.0 algorithm.estimator.lr=0.1 \
   algorithm.upper.lr=100,10000 "${common[@]}"
+# Methods without published SNLI cleaning steps (no paper value: the choice applies at every scale,
+# no --scale-delta; 2026-12-01): SLIP and F2SA (Sentiment140 cleaning methods of SLIP Fig. B),
+# AdamBO and VR-AdamBO (Adam upper steps, per coordinate: {1e-2, 1e-1}).
+nodelta=()
+for arg in "${common[@]}"; do [[ $arg == --scale-delta ]] || nodelta+=("$arg"); done
+bilevel-tune algorithm=slip algorithm.lower.lr=1.0 algorithm.estimator.lr=0.1,1.0 \
+  algorithm.upper.lr=1,10 "${nodelta[@]}"
+bilevel-tune algorithm=f2sa algorithm.y_lr=1.0 algorithm.lower.lr=0.1,1.0 \
+  algorithm.upper.lr=100,10000 "${nodelta[@]}"
+for algo in adambo vr_adambo; do
+  bilevel-tune algorithm="$algo" algorithm.lower.lr=1.0 algorithm.estimator.lr=0.1 \
+    algorithm.upper.lr=0.01,0.1 "${nodelta[@]}"
+done

@@ -22,15 +22,26 @@ best() {  # the best grid point's mean score in a trial table
   python -c "import pandas as p,sys; t=p.read_csv(sys.argv[1]); \
 print(t[t.status=='completed'].groupby([c for c in t.columns if c.startswith('algorithm.')]).score.mean().max())" "$1"
 }
-for spec in "stocbio 0.3,1,3" "ttsa 0.3,1,3" "soba 0.3,1,3" "saba 0.3,1,3" "ma_soba 0.3,1,3" \
-            "bo_rep 0.03,0.3,3" "slip 0.03,0.3,3"; do
-  set -- $spec
+tune() {  # $1 algorithm, $2 grid of the upper step, $3 how a chosen value is written
   bilevel-tune algorithm="$1" algorithm.upper.lr="$2" "${common[@]}"
   score=$(best "results/tuning/hyperrep_trec/$1.csv")
   if python -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0.55 else 1)" "$score"; then
-    echo "$1: best mean train_acc $score > 0.55: writing its small-scale upper step"
-    bilevel-tune algorithm="$1" algorithm.upper.lr="$2" "${common[@]}" --write --scale-delta
+    echo "$1: best mean train_acc $score > 0.55: writing its upper step"
+    bilevel-tune algorithm="$1" algorithm.upper.lr="$2" "${common[@]}" --write $3
   else
-    echo "$1: best mean train_acc $score <= 0.55 (chance): the paper value stays"
+    echo "$1: best mean train_acc $score <= 0.55 (chance): nothing written"
   fi
+}
+for spec in "stocbio 0.3,1,3" "ttsa 0.3,1,3" "soba 0.3,1,3" "saba 0.3,1,3" "ma_soba 0.3,1,3" \
+            "bo_rep 0.03,0.3,3" "slip 0.03,0.3,3"; do
+  set -- $spec
+  tune "$1" "$2" --scale-delta  # beside the paper value
+done
+# Methods with no TREC steps in the specs (2026-12-01): the same rule, the value applies at every
+# scale (no paper value). Grids: SGD {0.3, 1, 3}; normalized (AccBO, UniBiO) {0.03, 0.3, 3}; Adam
+# (VR-AdamBO) {1e-3, 5e-3, 2e-2} (AdamBO's: 5e-3).
+for spec in "f2sa 0.3,1,3" "sustain 0.3,1,3" "vrbo 0.3,1,3" "accbo 0.03,0.3,3" \
+            "unibio 0.03,0.3,3" "vr_adambo 1e-3,5e-3,2e-2"; do
+  set -- $spec
+  tune "$1" "$2" ""
 done

@@ -191,6 +191,7 @@ def test_tune_runs_the_grid_selects_by_the_rule_and_writes_the_pair_file(tree, t
         runs_dir=tmp_path / "runs",
         out=tmp_path / "trials.csv",
         write=True,
+        write_if_beats=None,
         data=False,
         scale_delta=False,
         argv=["..."],
@@ -223,6 +224,15 @@ def test_tune_runs_the_grid_selects_by_the_rule_and_writes_the_pair_file(tree, t
     assert "max_steps" not in written.read_text()
     tune.tune(args, overrides)  # every trial reused
     assert "4 reused, 0 to run" in capsys.readouterr().out
+    # a gate the chosen score does not beat (‖∇Φ‖ < 1e-12 after 30 steps): nothing written
+    written.unlink()
+    args.write_if_beats = 1e-12
+    result = tune.tune(args, overrides)
+    assert result["written"] is False and not written.exists()
+    assert "not written: the chosen score" in capsys.readouterr().out
+    args.write_if_beats = 1e3  # a gate it beats: written, and the rule says so
+    assert tune.tune(args, overrides)["written"] is True
+    assert "written because its score beats 1000.0" in written.read_text()
 
 
 def test_docs_settings_table_is_current():

@@ -15,7 +15,8 @@ metric's units; when no point does, among all). Trials run through the figure ma
 processes) into ``outputs/tune/...``; finished trials with an unchanged resolved config are
 reused. Every trial lands in a tidy table (``results/tuning/<task>/<algorithm>.csv``) and
 ``--write`` writes the chosen values into the pair's settings file with the command, grid and
-rule as provenance (``--scale-delta``: as the small-scale value beside the paper value).
+rule as provenance (``--scale-delta``: as the small-scale value beside the paper value;
+``--write-if-beats 0.55``: only when the chosen score beats that bound, e.g. leaves chance).
 """
 
 from __future__ import annotations
@@ -331,6 +332,14 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         + ("; NO point met " + ", ".join(args.require) if args.require and not met else "")
     )
     print(f"chosen ({rule}): " + " ".join(f"{k}={v}" for k, v in chosen.items()), flush=True)
+    gate = args.write_if_beats
+    if args.write and gate is not None:
+        bound = math.log10(gate) if args.log else gate
+        beats = best.score < bound if args.mode == "min" else best.score > bound
+        if not beats:
+            print(f"not written: the chosen score {best.score:.4g} does not beat {gate}")
+            return {"chosen": chosen, "score": float(best.score), "table": out, "written": False}
+        rule += f"; written because its score beats {gate}"
     if args.write:
         path = settings_path(pair, data=args.data)
         command = "bilevel-tune " + " ".join(shlex.quote(a) for a in args.argv)
@@ -344,7 +353,7 @@ def tune(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         title = " ".join(f"{k}={v}" for k, v in pair.items())
         write_settings(path, chosen, provenance, args.scale_delta, f"Settings of {title}.")
         print(f"wrote {path}", flush=True)
-    return {"chosen": chosen, "score": float(best.score), "table": out}
+    return {"chosen": chosen, "score": float(best.score), "table": out, "written": args.write}
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -376,6 +385,13 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-dir", type=Path, default=PACKAGE_ROOT / "outputs" / "tune")
     parser.add_argument("--out", type=Path, default=None, help="trial table (CSV)")
     parser.add_argument("--write", action="store_true", help="write the pair's settings file")
+    parser.add_argument(
+        "--write-if-beats",
+        type=float,
+        default=None,
+        metavar="BOUND",
+        help="with --write: write only if the chosen score beats BOUND (> for max, < for min)",
+    )
     parser.add_argument(
         "--data", action="store_true", help="the pair on its dataset and model (settings/data)"
     )

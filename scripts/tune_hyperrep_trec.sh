@@ -21,7 +21,10 @@ common=(task=hyperrep_trec trainer.max_steps=50 trainer.progress=false seed=0,1
 tune() {  # $1 algorithm, $2 grid of the upper step, $3 how a chosen value is written
   bilevel-tune algorithm="$1" algorithm.upper.lr="$2" "${common[@]}" --write --write-if-beats 0.55 $3
 }
-for spec in "stocbio 0.3,1,3" "ttsa 0.3,1,3" "soba 0.3,1,3" "saba 0.3,1,3" "ma_soba 0.3,1,3" \
+# A best point at a grid edge had its grid extended past that edge (2026-12-01, as in
+# scripts/tune_hyperrep_amazon.sh): SABA 0.1; F2SA 0.1, 0.03; SUSTAIN 10; UniBiO 0.01, 0.003;
+# VR-AdamBO 3e-4, 1e-4. Every choice is now interior; none changed (F2SA stays under the gate).
+for spec in "stocbio 0.3,1,3" "ttsa 0.3,1,3" "soba 0.3,1,3" "saba 0.1,0.3,1,3" "ma_soba 0.3,1,3" \
             "bo_rep 0.03,0.3,3" "slip 0.03,0.3,3"; do
   set -- $spec
   tune "$1" "$2" --scale-delta  # beside the paper value
@@ -29,8 +32,8 @@ done
 # Methods with no TREC steps in the specs (2026-12-01): the same rule, the value applies at every
 # scale (no paper value). Grids: SGD {0.3, 1, 3}; normalized (AccBO, UniBiO) {0.03, 0.3, 3}; Adam
 # (VR-AdamBO) {1e-3, 5e-3, 2e-2} (AdamBO's: 5e-3).
-for spec in "f2sa 0.3,1,3" "sustain 0.3,1,3" "vrbo 0.3,1,3" "accbo 0.03,0.3,3" \
-            "unibio 0.03,0.3,3" "vr_adambo 1e-3,5e-3,2e-2"; do
+for spec in "f2sa 0.03,0.1,0.3,1,3" "sustain 0.3,1,3,10" "vrbo 0.3,1,3" "accbo 0.03,0.3,3" \
+            "unibio 0.003,0.01,0.03,0.3,3" "vr_adambo 1e-4,3e-4,1e-3,5e-3,2e-2"; do
   set -- $spec
   tune "$1" "$2" ""
 done

@@ -22,7 +22,7 @@ tune() {  # $1 algorithm, $2 grid of the upper step, $3 how a chosen value is wr
   bilevel-tune algorithm="$1" algorithm.upper.lr="$2" "${common[@]}" --write --write-if-beats 0.55 $3
 }
 # A best point at a grid edge had its grid extended past that edge (2026-12-01, as in
-# scripts/tune_hyperrep_amazon.sh): SABA 0.1; F2SA 0.1, 0.03; SUSTAIN 10; UniBiO 0.01, 0.003;
+# scripts/tune_hyperrep_unpublished.sh): SABA 0.1; F2SA 0.1, 0.03; SUSTAIN 10; UniBiO 0.01, 0.003;
 # VR-AdamBO 3e-4, 1e-4. Every choice is now interior; none changed (F2SA stays under the gate).
 for spec in "stocbio 0.3,1,3" "ttsa 0.3,1,3" "soba 0.3,1,3" "saba 0.1,0.3,1,3" "ma_soba 0.3,1,3" \
             "bo_rep 0.03,0.3,3" "slip 0.03,0.3,3"; do

@@ -235,6 +235,13 @@ def test_tune_runs_the_grid_selects_by_the_rule_and_writes_the_pair_file(tree, t
     assert "written because its score beats 1000.0" in written.read_text()
 
 
+def test_tune_gate_without_write_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tune.cli(["algorithm=soba", "task=quadratic", "--write-if-beats", "0.5"])
+    assert exit_.value.code == 2
+    assert "--write-if-beats gates --write" in capsys.readouterr().err
+
+
 def test_docs_settings_table_is_current():
     from bilevel.app.config import PACKAGE_ROOT
 

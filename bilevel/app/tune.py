@@ -400,6 +400,8 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--table", action="store_true", help="regenerate docs/settings.md and exit")
     args = parser.parse_args(argv)
+    if args.write_if_beats is not None and not args.write:
+        parser.error("--write-if-beats gates --write; add --write (or drop the bound)")
     args.argv = argv
     if args.table:
         out = PACKAGE_ROOT / "docs" / "settings.md"

@@ -14,7 +14,7 @@ export OMP_NUM_THREADS=1
 common=(task=auc trainer.epochs=10 trainer.checkpoint_every=0 trainer.progress=false seed=0,1
         --metric train_auc --mode max --last 1 --jobs "${JOBS:-2}" --write)
 # Every first choice was a grid edge (SLIP, UniBiO, F2SA the largest, VR-AdamBO the smallest);
-# each grid was extended past it (2026-12-01, the rule of scripts/tune_hyperrep_unpublished.sh): SLIP
+# each grid was extended past it (2026-12-01, the rule of scripts/tune_hyperrep.sh): SLIP
 # and UniBiO stay at 1e-1 (1 falls to 0.52), VR-AdamBO at 1e-3 (1e-4: 0.62); F2SA moved to 5
 # (0.819 against 0.814 at 5e-1, a near tie) and 50 diverges, so 5 is the largest finite point.
 bilevel-tune algorithm=slip algorithm.upper.lr=1e-3,1e-2,1e-1,1 "${common[@]}"

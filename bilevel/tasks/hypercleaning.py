@@ -9,7 +9,9 @@ BOREP-SLIP-ADAMBO §4.1): learn one weight per training sample on label-corrupte
     g(x, y; B) = (1/|B|) Σ_{i∈B} σ(λ_i)·CE(y; u_i, ỹ_i) + reg(y)      noisy training batch B
     f(x, y; V) = (1/|V|) Σ_{j∈V} CE(y; u_j, y_j)                      CLEAN validation batch V
 
-λ is gathered by the batch's sample indices, so a step costs the same for any N. The training
+λ is gathered by the batch's sample indices, so a step costs the same for any N. With y = the
+head only (``'head'``, ``'linear'``) the frozen encoder's output of every row is computed once,
+in ``init_params``, and batches carry it: a step runs the head, not the encoder. The training
 labels are corrupted once, with a seed (a fraction ``noise_rate`` flipped to another class); a
 clean validation split is held out of the training data and never corrupted.
 
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from bilevel.data import PerAccessNoise, hypercleaning_split
@@ -103,13 +107,34 @@ class HyperCleaning(TextTask):
         if self.lower_params in ("head", "linear"):
             y = {k: v for k, v in params.items() if k.startswith("head.")}
             self.frozen = {k: v for k, v in params.items() if k not in y}
+            self._cache_features()
         else:
             y, self.frozen = params, {}
         x = {"logits": torch.full((self.n_train,), self.x_init, device=self.device)}
         return x, {k: v.requires_grad_() for k, v in y.items()}
 
+    def _cache_features(self, chunk: int = 1024) -> None:
+        """With y = the head only, the frozen encoder's output for a row never changes: compute
+        it once for every row of every split (a ``features`` column, gathered with the batch)
+        instead of a forward pass through the encoder for every batch of every step. The same
+        vectors as the per-batch pass (the encoders mask padding; tested). Not done when the
+        encoder draws dropout (its output would be random per call)."""
+        if any(_draws_dropout(m) for n, m in self.module.named_children() if n != "head"):
+            return
+        for name in ("train", "val", "test"):
+            split = getattr(self, name)
+            tensors = {k: v for k, v in split.tensors.items() if k != "features"}
+            split = replace(split, tensors=tensors)
+            encode = partial(self._forward, self.frozen, self.data.fields, features_only=True)
+            with torch.no_grad():
+                feats = [encode(split.gather(r)) for r in torch.arange(len(split)).split(chunk)]
+            setattr(self, name, replace(split, tensors={**tensors, "features": torch.cat(feats)}))
+
     # -- losses ------------------------------------------------------------------------------
     def _logits(self, y: Params, batch: dict[str, Tensor]) -> Tensor:
+        if "features" in batch:  # the frozen encoder's output, cached (_cache_features)
+            head = {k.removeprefix("head."): v for k, v in y.items()}
+            return functional_call(self.module.head, head, (batch["features"],))
         return self._forward({**self.frozen, **y}, self.data.fields, batch)
 
     def lower_loss(self, x, y, batch):
@@ -179,3 +204,13 @@ def cleaning_auc(logits: Tensor, is_corrupted: Tensor) -> float:
     r_clean = ranks[~is_corrupted].sum()
     n1, n0 = len(clean), len(bad)
     return float((r_clean - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _draws_dropout(module: nn.Module) -> bool:
+    """Whether ``module``'s output is random in training mode: a dropout layer, or a rate
+    (``nn.LSTM``'s, attention's) above 0, in training mode."""
+    for m in module.modules():
+        rate = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "dropout", 0.0)
+        if m.training and isinstance(rate, float) and rate > 0:
+            return True
+    return False

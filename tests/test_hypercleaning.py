@@ -187,6 +187,16 @@ def test_an_encoder_with_dropout_is_not_cached():
     assert "features" not in task.train.tensors
 
 
+@needs_data
+def test_features_over_the_memory_bound_are_not_cached(monkeypatch, caplog):
+    monkeypatch.setattr("bilevel.tasks.hypercleaning.FEATURE_CACHE_MAX_BYTES", 1024)
+    with caplog.at_level("INFO", logger="bilevel.tasks.hypercleaning"):
+        task, algo, problem, state = build("algorithm=soba", "task.lower_params=linear")
+    assert "not cached" in caplog.text
+    assert not any("features" in getattr(task, s).tensors for s in ("train", "val", "test"))
+    algo.step(problem, state)  # the per-batch encoder pass still serves
+
+
 # The machinery check of issue 4: unchanged SOBA (learning rates only) on noisy SNLI (ρ = 0.4)
 # learns per-sample weights σ(λ_i) that rank clean above corrupted training samples. y = a
 # linear head on the frozen, randomly initialised LSTM encoder (`lower_params=head`, `fc=[]`):

@@ -23,6 +23,7 @@ Reference-code behaviour, explicit options only (docs/reference-quirks.md):
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from functools import partial
@@ -38,6 +39,12 @@ from bilevel.oracles import Batch
 from bilevel.tasks.regularizers import regularizer, uniform_convexity_order
 from bilevel.tasks.text import TextTask
 from bilevel.tree import Params
+
+log = logging.getLogger(__name__)
+
+# The most memory the frozen encoder's cached output may take (all splits together); above it
+# every batch runs the encoder, as without a cache.
+FEATURE_CACHE_MAX_BYTES = 4 * 2**30
 
 
 class HyperCleaning(TextTask):
@@ -118,17 +125,28 @@ class HyperCleaning(TextTask):
         it once for every row of every split (a ``features`` column, gathered with the batch)
         instead of a forward pass through the encoder for every batch of every step. The same
         vectors as the per-batch pass (the encoders mask padding; tested). Not done when the
-        encoder draws dropout (its output would be random per call)."""
-        if any(_draws_dropout(m) for n, m in self.module.named_children() if n != "head"):
-            return
+        encoder draws dropout (its output would be random per call), nor above
+        :data:`FEATURE_CACHE_MAX_BYTES`."""
+        splits = {}  # without the cache of an earlier init_params
         for name in ("train", "val", "test"):
             split = getattr(self, name)
             tensors = {k: v for k, v in split.tensors.items() if k != "features"}
-            split = replace(split, tensors=tensors)
-            encode = partial(self._forward, self.frozen, self.data.fields, features_only=True)
+            splits[name] = replace(split, tensors=tensors)
+            setattr(self, name, splits[name])
+        if any(_draws_dropout(m) for n, m in self.module.named_children() if n != "head"):
+            return
+        encode = partial(self._forward, self.frozen, self.data.fields, features_only=True)
+        with torch.no_grad():
+            first = encode(splits["train"].gather(torch.arange(1)))
+        size = sum(map(len, splits.values())) * first.shape[-1] * first.element_size()
+        if size > FEATURE_CACHE_MAX_BYTES:  # e.g. 550k SNLI pairs x 16384 features at paper scale
+            log.info("frozen encoder: %.1f GiB of features, not cached", size / 2**30)
+            return
+        for name, split in splits.items():
             with torch.no_grad():
                 feats = [encode(split.gather(r)) for r in torch.arange(len(split)).split(chunk)]
-            setattr(self, name, replace(split, tensors={**tensors, "features": torch.cat(feats)}))
+            features = {**split.tensors, "features": torch.cat(feats)}
+            setattr(self, name, replace(split, tensors=features))
 
     # -- losses ------------------------------------------------------------------------------
     def _logits(self, y: Params, batch: dict[str, Tensor]) -> Tensor:
